@@ -1,0 +1,106 @@
+"""Generation throughput of `cai generate`'s pipeline against a naive loop and a raw batched ceiling.
+
+All three run in one process, on the same prompts, model and dtype:
+  (a) naive:    `model.generate` once per prompt per step (initial, critique, revision)
+  (b) pipeline: cai-kit's critique/revision loop through the transformers engine
+  (c) ceiling:  one raw batched `model.generate` per step at the same batch size, on the exact
+                conversations (b) built, with no sorting or bookkeeping
+It prints generated tokens/s for each and the ratios b/a and b/c, plus peak RSS.
+
+    python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from cai_kit.constitution import load_constitution
+from cai_kit.engines import GenParams
+from cai_kit.engines.transformers import TransformersEngine
+from cai_kit.generate import GenerateOptions, critique_and_revise
+from cai_kit.prompt_sets import load_many
+
+
+class Recording:
+    """Wraps an engine and keeps every stage's conversations so the baselines replay the same work."""
+
+    def __init__(self, engine: TransformersEngine):
+        self.engine, self.stages = engine, []
+
+    def generate(self, conversations, params):
+        self.stages.append(conversations)
+        return self.engine.generate(conversations, params)
+
+
+def raw_generate(engine: TransformersEngine, conversations, params: GenParams, batch_size: int) -> int:
+    tokens = 0
+    for start in range(0, len(conversations), batch_size):
+        texts = [engine.render(c) for c in conversations[start:start + batch_size]]
+        inputs = engine.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            output = engine.model.generate(**inputs, max_new_tokens=params.max_new_tokens, do_sample=False,
+                                           repetition_penalty=params.repetition_penalty,
+                                           eos_token_id=engine.stop_ids, pad_token_id=engine.tokenizer.pad_token_id)
+        new = output[:, inputs["input_ids"].shape[1]:]
+        # Count tokens up to the first stop token, as the engine does.
+        for row in new.tolist():
+            stop = next((k for k, t in enumerate(row) if t in engine.stop_ids), len(row))
+            tokens += stop
+    return tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--constitution", default="constitutions/harmless.yaml")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts for the pipeline and the ceiling")
+    parser.add_argument("--naive-prompts", type=int, default=4, help="prompts for the naive loop (it is slow)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+
+    engine = TransformersEngine(args.model, dtype=args.dtype, batch_size=args.batch_size, progress=False)
+    constitution = load_constitution(args.constitution)
+    prompts = load_many(["red_team", "helpful"], limit=args.prompts)
+    options = GenerateOptions(constitution=args.constitution, max_new_tokens=args.max_new_tokens,
+                              batch_size=args.batch_size)
+    params = GenParams(max_new_tokens=args.max_new_tokens, repetition_penalty=options.repetition_penalty)
+    print(f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
+          f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}")
+
+    recording = Recording(engine)
+    start = time.perf_counter()
+    for chunk_start in range(0, len(prompts), args.batch_size):
+        critique_and_revise(recording, constitution, prompts[chunk_start:chunk_start + args.batch_size], options)
+    pipeline_seconds = time.perf_counter() - start
+    pipeline_rate = engine.generated_tokens / pipeline_seconds
+
+    start, tokens = time.perf_counter(), 0
+    for stage in recording.stages:
+        tokens += raw_generate(engine, stage, params, args.batch_size)
+    ceiling_rate = tokens / (time.perf_counter() - start)
+
+    # The naive loop replays, one conversation at a time, the stages of the first few prompts.
+    naive_stages = [stage[: args.naive_prompts] for stage in recording.stages[:3]]
+    start, tokens = time.perf_counter(), 0
+    for stage in naive_stages:
+        for conversation in stage:
+            tokens += raw_generate(engine, [conversation], params, 1)
+    naive_rate = tokens / (time.perf_counter() - start)
+
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"(a) naive loop      {naive_rate:8.1f} tokens/s")
+    print(f"(b) cai pipeline    {pipeline_rate:8.1f} tokens/s")
+    print(f"(c) raw batched     {ceiling_rate:8.1f} tokens/s")
+    print(f"b/a = {pipeline_rate / naive_rate:.1f}   (target >= 15)")
+    print(f"b/c = {pipeline_rate / ceiling_rate:.2f}  (target >= 0.8)")
+    print(f"peak RSS {peak_gb:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The `cai` command line: thin wrappers that parse, call one library function, and print."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from cai_kit.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = {"constitutions": REPO_ROOT / "constitutions", "recipes": REPO_ROOT / "recipes"}
+
+
+def _usage_errors(func):
+    """Turn UsageError into one line per problem on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UsageError as err:
+            for line in err.problems:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="cai-kit")
+def main() -> None:
+    """cai-kit: an open model critiques, revises and judges its own answers, then trains on them.
+
+    \b
+    Quickstart (CPU, embedded SmolLM2-135M-Instruct, no flags needed):
+      cai generate --constitution constitutions/harmless.yaml
+      cai train recipes/zephyr_cai.yaml
+    \b
+    Edit constitutions:   cai ls; cai cp harmless my.yaml; cai validate my.yaml
+    """
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_usage_errors
+def validate(files: tuple[Path, ...]) -> None:
+    """Check constitution or recipe files without loading a model; every problem at once.
+
+    \b
+    Example:
+      cai validate constitutions/harmless.yaml recipes/zephyr_cai.yaml
+    """
+    from cai_kit.config_file import read_yaml
+
+    problems: list[str] = []
+    for path in files:
+        try:
+            data, _ = read_yaml(path)
+            if isinstance(data, dict) and "principles" in data:
+                from cai_kit.constitution import load_constitution
+
+                constitution = load_constitution(path)
+                click.echo(f"{path}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)")
+            else:
+                from cai_kit.recipe import load_recipe
+
+                load_recipe(path)
+                click.echo(f"{path}: ok (recipe)")
+        except UsageError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise UsageError(problems)
+
+
+@main.command(name="ls")
+def list_bundled() -> None:
+    """List the shipped constitutions and recipes.
+
+    \b
+    Example:
+      cai ls
+    """
+    from cai_kit.config_file import read_yaml
+
+    for kind, folder in BUNDLED.items():
+        click.echo(f"{kind}:")
+        for path in sorted(folder.glob("*.yaml")):
+            data, _ = read_yaml(path)
+            about = (data or {}).get("description", "") if kind == "constitutions" else _header(path)
+            click.echo(f"  {path.stem:<24} {about}")
+
+
+def _header(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and not line.startswith("# yaml-language-server"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+@main.command(name="cp")
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path))
+@_usage_errors
+def copy_bundled(name: str, dest: Path) -> None:
+    """Copy a shipped constitution or recipe to DEST so you can edit it.
+
+    \b
+    Example:
+      cai cp harmless my_constitution.yaml
+    """
+    matches = [folder / f"{name}.yaml" for folder in BUNDLED.values() if (folder / f"{name}.yaml").is_file()]
+    if not matches:
+        raise UsageError(f"no shipped constitution or recipe named {name!r} (see `cai ls`)")
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest}: already exists; choose another name")
+    target = dest / matches[0].name if dest.is_dir() else dest
+    shutil.copyfile(matches[0], target)
+    click.echo(f"wrote {target}")
+
+
+@main.command()
+def env() -> None:
+    """Print versions of cai-kit and its stack, for bug reports.
+
+    \b
+    Example:
+      cai env
+    """
+    import importlib.metadata
+    import platform
+
+    click.echo(f"python: {platform.python_version()} ({platform.platform()})")
+    for package in ["cai-kit", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm"]:
+        try:
+            click.echo(f"{package}: {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            click.echo(f"{package}: not installed")
+    from cai_kit.models import cache_dir
+
+    click.echo(f"cache: {cache_dir()}")
+
+@main.command()
+@click.option("--constitution", "-c", required=True, type=click.Path(path_type=Path), help="Constitution YAML file.")
+@click.option("--prompts", "-p", multiple=True, help="Prompt set: shipped name, jsonl/json/csv/parquet file, or "
+              "hf:NAME[:config][:split]. Repeatable. [default: red_team, helpful]")
+@click.option("--column", default="prompt", help="Column that holds the prompt text.")
+@click.option("--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id.")
+@click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
+@click.option("--out", "-o", type=click.Path(), help="Output folder; rerun with the same folder to resume. "
+              "[default: runs/<constitution>-<time>]")
+@click.option("--limit", type=click.IntRange(0), help="Prompts to process; 0 for all.  [default: 48]")
+@click.option("--rounds", type=click.IntRange(1), default=1, help="Critique/revision rounds per prompt.")
+@click.option("--seed", type=int, default=0)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128)
+@click.option("--batch-size", type=click.IntRange(1), default=32)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, help="0 is greedy.")
+@click.option("--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique.")
+@click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
+@click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@_usage_errors
+def generate(**kwargs) -> None:
+    """Answer prompts, critique and revise the answers against a constitution, write SFT and preference data.
+
+    \b
+    Example:
+      cai generate --constitution constitutions/harmless.yaml --limit 16 --out runs/demo
+      cai generate -c constitutions/helpful.yaml -p helpful -p my_prompts.jsonl --rounds 2
+    """
+    from cai_kit.generate import GenerateOptions, run_generate
+
+    kwargs["prompts"] = list(kwargs["prompts"]) or None
+    kwargs["constitution"] = str(kwargs["constitution"])
+    out = run_generate(GenerateOptions(**{k: v for k, v in kwargs.items() if v is not None}))
+    click.echo(str(out))
+
+
+@main.command(name="eval")
+@click.option("--model", "-m", default="default", help="Model to evaluate: 'default', a folder or a hub id.")
+@click.option("--baseline", "-b", help="Model before training, scored alongside; needed for the helpful win rate.")
+@click.option("--suite", "-s", "suites", multiple=True, default=["all"],
+              help="harmful, over_refusal, helpful or all. Repeatable.")
+@click.option("--judge-model", help="Open judge model for a log-prob yes/no harm or refusal verdict and for the "
+              "pairwise helpful judge.  [default: the baseline judges helpfulness; no harm judge]")
+@click.option("--prompts", "-p", multiple=True, help="Prompt set for a suite: SUITE=SPEC, or SPEC with one --suite. "
+              "[default: eval/harmful, eval/over_refusal, eval/helpful]")
+@click.option("--limit", type=click.IntRange(0), help="Prompts per suite, spread over categories; 0 or unset: all.")
+@click.option("--constitution", "-c", help="Constitution whose judge questions the helpful judge asks. "
+              "[default: constitutions/helpful.yaml]")
+@click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
+@click.option("--batch-size", type=click.IntRange(1), default=32)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128)
+@click.option("--seed", type=int, default=0)
+@click.option("--out", "-o", type=click.Path(), help="Report folder; answers cached there are reused on rerun. "
+              "[default: runs/eval-<time>]")
+@click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@_usage_errors
+def eval_command(**kwargs) -> None:
+    """Score harm, over-refusal and helpfulness of a model against its baseline; write a report with plots.
+
+    \b
+    Example:
+      cai eval --model default --suite all --limit 20 --out runs/eval-base
+      cai eval -m runs/train/final -b default --judge-model default --out runs/eval-after
+      cai eval -m my_model -s harmful -p hf:walledai/HarmBench:standard:train --limit 50
+    """
+    from cai_kit.eval_report import summary_table
+    from cai_kit.evaluate import make_options, parse_prompt_overrides, run_eval
+
+    kwargs["prompts"] = parse_prompt_overrides(list(kwargs["prompts"]), list(kwargs["suites"]))
+    kwargs["suites"] = list(kwargs["suites"])
+    results = run_eval(make_options(**{k: v for k, v in kwargs.items() if v is not None}))
+    click.echo(summary_table(results))
+    click.echo(f"report: {results['options']['out']}/report.md")
+
+
+if __name__ == "__main__":
+    main()

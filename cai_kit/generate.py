@@ -1,0 +1,185 @@
+"""The critique/revision loop (Bai et al. 2022, SL-CAI), batched by stage, resumable, with a data card.
+
+For each chunk of prompts: every initial answer in one batched call, then per round every critique,
+then every revision. Rows are appended as soon as their chunk finishes, so a killed run loses at
+most one chunk, and a rerun on the same folder skips every finished id.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai_kit.constitution import Constitution, Principle, load_constitution
+from cai_kit.engines import Conversation, Engine, GenParams, load_engine
+from cai_kit.errors import UsageError
+from cai_kit.filters import clean_answer, normalise, row_status
+from cai_kit.prompt_sets import PromptRow, load_many
+from cai_kit.prompts import render
+from cai_kit.run_folder import RunFolder
+
+DEFAULT_PROMPTS = ["red_team", "helpful"]
+DEFAULT_LIMIT = 48  # keeps the bare quickstart near 5 minutes on a 2-core CPU; --limit 0 lifts it
+FILTERS = ["empty", "truncated", "artefact", "unchanged", "refusal", "duplicate"]
+# Principles with these tags ask the model to keep helping: a revision under them that refuses failed.
+HELPING_TAGS = {"over_refusal", "over-refusal", "helpfulness"}
+
+
+class GenerateOptions(BaseModel):
+    """Everything `cai generate` takes; the recipe's `generate` section uses the same schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    constitution: str
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    column: str = "prompt"
+    model: str = "default"
+    engine: str = "transformers"
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    out: str | None = None
+    limit: int | None = DEFAULT_LIMIT  # None or 0: every prompt
+    rounds: int = Field(1, ge=1)
+    seed: int = 0
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    repetition_penalty: float = Field(1.1, ge=1.0)  # small models loop when greedy; 1.0 turns it off
+    few_shot: int = Field(2, ge=0)  # examples placed before each critique/revision conversation
+    filters: list[str] = Field(default_factory=lambda: list(FILTERS))
+    force_new: bool = False
+    trust_remote_code: bool = False
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def few_shot_turns(constitution: Constitution, principle: Principle, k: int) -> Conversation:
+    """The constitution's demonstrations as earlier turns of the same chat, in the model's own template."""
+    turns: Conversation = []
+    for example in constitution.examples_for(principle, k):
+        shown = constitution.get(example.principle) if example.principle else principle
+        turns += [_user(example.prompt), _assistant(example.answer),
+                  _user(render("critique_request", principle=shown)), _assistant(example.critique),
+                  _user(render("revision_request", principle=shown)), _assistant(example.revision)]
+    return turns
+
+
+def critique_and_revise(engine: Engine, constitution: Constitution, chunk: list[PromptRow],
+                        options: GenerateOptions) -> list[dict[str, Any]]:
+    """Run initial answers and `rounds` critique/revision rounds for a chunk; return finished rows."""
+    params = GenParams(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                       repetition_penalty=options.repetition_penalty, seed=options.seed)
+    system: Conversation = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+    initial = engine.generate([system + [_user(row.prompt)] for row in chunk], params)
+    answers = [clean_answer(c.text) for c in initial]
+    finish = [c.finish_reason for c in initial]
+    steps: list[list[dict[str, str]]] = [[] for _ in chunk]
+    for round_index in range(options.rounds):
+        principles = [constitution.principle_for(row.id, round_index, options.seed, row.category) for row in chunk]
+        critique_chats = [
+            system + few_shot_turns(constitution, principle, options.few_shot)
+            + [_user(row.prompt), _assistant(answer), _user(render("critique_request", principle=principle))]
+            for row, answer, principle in zip(chunk, answers, principles)
+        ]
+        critiques = engine.generate(critique_chats, params)
+        revision_chats = [
+            chat + [_assistant(critique.text.strip()), _user(render("revision_request", principle=principle))]
+            + ([_assistant(principle.opening)] if principle.opening else [])  # steering: the reply starts here
+            for chat, critique, principle in zip(critique_chats, critiques, principles)
+        ]
+        revisions = engine.generate(revision_chats, params)
+        for k, (principle, critique, revision) in enumerate(zip(principles, critiques, revisions)):
+            text = clean_answer(revision.text)
+            if principle.opening:
+                text = f"{principle.opening} {text}".strip()
+            if revision.finish_reason == "error" or critique.finish_reason == "error":
+                finish[k] = "error"
+            else:
+                finish[k] = revision.finish_reason
+            steps[k].append({"principle": principle.name, "critique": critique.text.strip(), "revision": text})
+            answers[k] = text
+    return [
+        {"id": row.id, "prompt": row.prompt, "category": row.category, "source": row.source,
+         "initial": clean_answer(first.text), "steps": row_steps, "final": final, "finish_reason": reason,
+         "model": options.model, "seed": options.seed, "constitution": constitution.name}
+        for row, first, row_steps, final, reason in zip(chunk, initial, steps, answers, finish)
+    ]
+
+
+def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:
+    versions = {}
+    for package in ["cai-kit", "torch", "transformers", "trl", "vllm"]:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"command": "cai generate", "options": options.model_dump(), "constitution": constitution.name,
+            "constitution_path": str(options.constitution), "constitution_sha256": constitution.sha256,
+            "model": options.model, "seed": options.seed, "prompt_sources": options.prompts,
+            "prompts": len(prompts), "versions": versions, "argv": sys.argv}
+
+
+def default_out(constitution_path: str) -> str:
+    return str(Path("runs") / f"{Path(constitution_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path:
+    """Run the loop and return the output folder. `engine` lets tests pass a scripted engine."""
+    from tqdm import tqdm
+
+    from cai_kit.data_card import print_summary, write_card
+
+    unknown = sorted(set(options.filters) - set(FILTERS))
+    if unknown:
+        raise UsageError(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
+    constitution = load_constitution(options.constitution)
+    prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
+    folder = RunFolder(options.out or default_out(options.constitution))
+    rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
+    wanted = {row.id for row in prompts}
+    done = {row["id"] for row in rows}
+    pending = [row for row in prompts if row.id not in done]
+    limit_note = f" (limit {options.limit}; --limit 0 for all)" if options.limit else ""
+    print(f"cai generate: {len(prompts)} prompts{limit_note}, {len(wanted & done)} already done, "
+          f"{len(pending)} to go -> {folder.path}", file=sys.stderr)
+    started = time.perf_counter()
+    if pending:
+        if engine is None:
+            engine = load_engine(options.engine, options.model, batch_size=options.batch_size,
+                                 trust_remote_code=options.trust_remote_code, **options.engine_options)
+        seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
+        bar = tqdm(total=len(prompts), initial=len(wanted & done), unit="prompt", file=sys.stderr, dynamic_ncols=True)
+        for start in range(0, len(pending), options.batch_size):
+            chunk = pending[start:start + options.batch_size]
+            finished = critique_and_revise(engine, constitution, chunk, options)
+            for row in finished:
+                last = constitution.get(row["steps"][-1]["principle"])  # the principle that wrote `final`
+                helping = bool(HELPING_TAGS & set(last.tags))
+                if row["finish_reason"] == "error":
+                    row["status"] = f"error: {row['final'] or row['initial']}"[:300]
+                else:
+                    row["status"] = row_status(row["final"], row["initial"], row["finish_reason"], helping,
+                                               options.filters, seen)
+                if row["status"] == "ok":
+                    seen.add(normalise(row["final"]))
+            folder.append(finished)
+            rows += finished
+            bar.update(len(chunk))
+            tokens = getattr(engine, "generated_tokens", 0)
+            if tokens:
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        bar.close()
+    write_card(folder, constitution, options, rows)
+    print_summary(folder, rows, time.perf_counter() - started)
+    return folder.path

@@ -1,0 +1,120 @@
+"""The output folder of one `cai generate` run: append-only JSONL that survives `kill -9`.
+
+`generations.jsonl` is the source of truth, appended (and fsynced) as prompts finish.
+`sft.jsonl` and `prefs.jsonl` are appended alongside and rebuilt from it whenever a run starts,
+so an interruption between two appends can never leave them out of step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cai_kit.errors import UsageError
+
+GENERATIONS, SFT, PREFS, CARD, MANIFEST = "generations.jsonl", "sft.jsonl", "prefs.jsonl", "README.md", "manifest.json"
+# Manifest fields that must match to resume into an existing folder.
+IDENTITY = ["constitution_sha256", "model"]
+
+
+def sft_row(row: dict[str, Any]) -> dict[str, Any]:
+    """TRL conversational format."""
+    return {"id": row["id"], "messages": [{"role": "user", "content": row["prompt"]},
+                                          {"role": "assistant", "content": row["final"]}]}
+
+
+def pref_row(row: dict[str, Any]) -> dict[str, Any]:
+    """TRL conversational preference format: chosen = the final revision, rejected = the first answer."""
+    pref = {"id": row["id"], "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row.get("chosen", row["final"])}],
+            "rejected": [{"role": "assistant", "content": row.get("rejected", row["initial"])}]}
+    if "score" in row:
+        pref["score"] = row["score"]
+    return pref
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def open(self, manifest: dict[str, Any], force_new: bool) -> list[dict[str, Any]]:
+        """Create or reopen the folder for this run; return the rows already finished.
+
+        A folder written by another constitution or model is refused unless `force_new`, which
+        discards its files (the user asked for it by name).
+        """
+        old_path = self.path / MANIFEST
+        if old_path.is_file():
+            old = json.loads(old_path.read_text(encoding="utf-8"))
+            changed = [key for key in IDENTITY if old.get(key) != manifest.get(key)]
+            if changed and not force_new:
+                raise UsageError(
+                    f"{self.path}: this folder holds a run with a different {' and '.join(changed)} "
+                    f"({', '.join(str(old.get(k)) for k in changed)}); use a new --out folder, or --force-new "
+                    "to discard its rows"
+                )
+            if changed:
+                for name in (GENERATIONS, SFT, PREFS, CARD, MANIFEST):
+                    (self.path / name).unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        rows = self.read_rows()
+        failed = [row for row in rows if row["status"].startswith("error")]
+        if failed:  # rows that failed (a dead server, say) are dropped here and generated again
+            rows = [row for row in rows if not row["status"].startswith("error")]
+            _write_atomic(self.path / GENERATIONS, _jsonl(rows))
+        self.rebuild(rows)
+        return rows
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """Rows of generations.jsonl; a line torn by a kill mid-write is cut off the file."""
+        path = self.path / GENERATIONS
+        if not path.is_file():
+            return []
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            with path.open("r+b") as handle:
+                handle.truncate(keep)
+        rows = []
+        for line in data[:keep].decode("utf-8").splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+        return rows
+
+    def rebuild(self, rows: list[dict[str, Any]]) -> None:
+        ok = [row for row in rows if row["status"] == "ok"]
+        _write_atomic(self.path / SFT, _jsonl([sft_row(row) for row in ok]))
+        _write_atomic(self.path / PREFS, _jsonl([pref_row(row) for row in ok]))
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Append finished rows: generations first, so it is always the fuller record."""
+        ok = [row for row in rows if row["status"] == "ok"]
+        for name, lines in ((GENERATIONS, rows), (SFT, [sft_row(r) for r in ok]), (PREFS, [pref_row(r) for r in ok])):
+            with (self.path / name).open("a", encoding="utf-8") as handle:
+                handle.write(_jsonl(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def write_card(self, text: str) -> None:
+        _write_atomic(self.path / CARD, text)
+
+    def remove_if_empty(self) -> None:
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            shutil.rmtree(self.path)

@@ -1,0 +1,42 @@
+"""Rates with 95% Wilson score intervals, the interval every rate in an eval report carries.
+
+Wilson (1927) rather than the normal approximation: eval sets here are small (tens of prompts)
+and rates sit near 0 or 1, where the normal interval leaves [0, 1] or collapses to zero width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for `successes` out of `n`; (0, 1) when n is 0.
+
+    `successes` may be fractional (a tie counted as half a win); the formula takes it as is.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # Exact at the ends (the formula gives 0 and 1 there, up to rounding).
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return low, high
+
+
+def rate(successes: float, n: int) -> dict[str, Any]:
+    """{"rate", "low", "high", "k", "n"}: a share with its 95% interval, as results.json stores it."""
+    low, high = wilson(successes, n)
+    return {"rate": successes / n if n else None, "low": low, "high": high, "k": successes, "n": n}
+
+
+def format_rate(entry: dict[str, Any] | None) -> str:
+    """"0.25 [0.11, 0.47]" or "-" for a missing rate."""
+    if not entry or entry.get("rate") is None:
+        return "-"
+    return f"{entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"

@@ -1,0 +1,301 @@
+"""The critique/revision loop, driven by a scripted fake engine (fast) and the tiny model (real CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cai_kit.cli import main
+from cai_kit.engines import Completion, GenParams
+from cai_kit.errors import UsageError
+from cai_kit.generate import GenerateOptions, run_generate
+
+CONSTITUTION = """\
+name: test
+description: a small constitution for tests
+principles:
+  - name: harm
+    critique: Say how the answer could hurt someone.
+    revision: Rewrite it so it is safe.
+    opening: "I can't help with that, but"
+    weight: 1.0
+  - name: helpful
+    critique: Say how the answer could help more.
+    revision: Rewrite it to help more.
+    tags: [over_refusal]
+    weight: 1.0
+examples:
+  - prompt: EXAMPLE PROMPT
+    answer: example answer
+    critique: example critique
+    revision: example revision
+    principle: helpful
+"""
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question number {i}?", "category": "c"}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+class ScriptedEngine:
+    """Answers by looking at the last user turn; records every conversation it was given."""
+
+    model_name = "scripted"
+
+    def __init__(self, revision=lambda prompt, chat: f"A safer answer to {prompt}", finish="stop"):
+        self.calls: list[list[list[dict]]] = []
+        self.revision = revision
+        self.finish = finish
+
+    def generate(self, conversations, params: GenParams):
+        self.calls.append(conversations)
+        out = []
+        for chat in conversations:
+            users = [m["content"] for m in chat if m["role"] == "user"]
+            prompt = next(u for u in reversed(users) if u.startswith("question"))
+            if chat[-1]["role"] == "user" and chat[-1]["content"] == prompt:
+                text = f"First answer to {prompt}"
+            elif "Rewrite" in users[-1]:
+                text = self.revision(prompt, chat)
+            else:
+                text = f"That answer to {prompt} could be better."
+            out.append(Completion(text=text, finish_reason=self.finish, tokens=len(text.split())))
+        return out
+
+    def logprobs(self, conversations, continuations):
+        return [0.0 for _ in conversations]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def setup(tmp_path):
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text(CONSTITUTION)
+    prompts = write_prompts(tmp_path / "p.jsonl", 6)
+    return constitution, prompts, tmp_path / "out"
+
+
+def options(setup, **extra) -> GenerateOptions:
+    constitution, prompts, out = setup
+    values = {"constitution": str(constitution), "prompts": [str(prompts)], "out": str(out), "batch_size": 4}
+    return GenerateOptions(**{**values, **extra})
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_writes_all_files_in_trl_formats(setup):
+    out = run_generate(options(setup), engine=ScriptedEngine())
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "generations.jsonl", "manifest.json", "prefs.jsonl",
+                                                    "sft.jsonl"]
+    rows = read(out / "generations.jsonl")
+    assert [r["id"] for r in rows] == [f"q{i}" for i in range(6)]
+    assert {r["status"] for r in rows} == {"ok"}
+    import datasets
+
+    sft = datasets.load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
+    prefs = datasets.load_dataset("json", data_files=str(out / "prefs.jsonl"), split="train")
+    assert len(sft) == len(prefs) == 6
+    assert [m["role"] for m in sft[0]["messages"]] == ["user", "assistant"]
+    assert prefs[0]["prompt"][0]["role"] == "user" and prefs[0]["chosen"][0]["role"] == "assistant"
+    assert prefs[0]["rejected"][0]["content"].startswith("First answer")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["constitution"] == "test" and len(manifest["constitution_sha256"]) == 64
+    card = (out / "README.md").read_text()
+    assert "sha256" in card and "kept: 6" in card
+
+
+def test_rounds_and_deterministic_principles(setup, tmp_path):
+    first = read(run_generate(options(setup, rounds=3), engine=ScriptedEngine()) / "generations.jsonl")
+    assert all(len(r["steps"]) == 3 for r in first)
+    again = options(setup, rounds=3, out=str(tmp_path / "again"))
+    second = read(run_generate(again, engine=ScriptedEngine()) / "generations.jsonl")
+    assert [s["principle"] for r in first for s in r["steps"]] == [s["principle"] for r in second for s in r["steps"]]
+    other = options(setup, rounds=3, seed=7, out=str(tmp_path / "other"))
+    third = read(run_generate(other, engine=ScriptedEngine()) / "generations.jsonl")
+    assert [s["principle"] for r in first for s in r["steps"]] != [s["principle"] for r in third for s in r["steps"]]
+
+
+def test_few_shot_examples_come_first_and_batches_are_per_stage(setup):
+    engine = ScriptedEngine()
+    run_generate(options(setup, few_shot=1), engine=engine)
+    # 6 prompts in chunks of 4: each chunk makes one initial, one critique and one revision call.
+    assert [len(call) for call in engine.calls] == [4, 4, 4, 2, 2, 2]
+    critique_chat = engine.calls[1][0]
+    assert critique_chat[0] == {"role": "user", "content": "EXAMPLE PROMPT"}
+    assert critique_chat[3]["content"] == "example critique"
+    assert critique_chat[6]["content"].startswith("question")
+
+    engine = ScriptedEngine()
+    run_generate(options(setup, few_shot=0, out=str(Path(setup[2]).parent / "noshot")), engine=engine)
+    assert engine.calls[1][0][0]["content"].startswith("question")
+
+
+def test_steering_opening_starts_the_reply_and_the_training_target(setup):
+    engine = ScriptedEngine()
+    out = run_generate(options(setup, rounds=1), engine=engine)
+    rows = {r["id"]: r for r in read(out / "generations.jsonl")}
+    sft = {r["id"]: r for r in read(out / "sft.jsonl")}
+    steered = [r for r in rows.values() if r["steps"][0]["principle"] == "harm"]
+    assert steered, "seed 0 should sample the harm principle for at least one of six prompts"
+    for row in steered:
+        assert row["final"].startswith("I can't help with that, but A safer answer")
+        assert sft[row["id"]]["messages"][1]["content"] == row["final"]
+    revision_chats = [chat for call in engine.calls for chat in call if chat[-1]["role"] == "assistant"]
+    assert all(chat[-1]["content"] == "I can't help with that, but" for chat in revision_chats)
+    # The instruction that asked for the rewrite never reaches the training data.
+    assert not any("Rewrite" in json.dumps(r) for r in sft.values())
+
+
+@pytest.mark.parametrize(
+    ("revision", "finish", "status"),
+    [
+        (lambda p, chat: "", "stop", "empty"),
+        (lambda p, chat: "A safer answer", "length", "truncated"),
+        (lambda p, chat: "The revised response is better: do it safely.", "stop", "artefact"),
+        (lambda p, chat: f"First answer to {p}", "stop", "unchanged"),
+        (lambda p, chat: "Same text for everyone.", "stop", "duplicate"),
+    ],
+)
+def test_filters_keep_the_row_with_its_reason(setup, revision, finish, status):
+    Path(setup[0]).write_text(CONSTITUTION.replace("""    opening: "I can't help with that, but"\n""", ""))
+    out = run_generate(options(setup, filters=["empty", "truncated", "artefact", "unchanged", "duplicate"]),
+                       engine=ScriptedEngine(revision=revision, finish=finish))
+    rows = read(out / "generations.jsonl")
+    assert len(rows) == 6
+    expected = {status} if status != "duplicate" else {"ok", "duplicate"}
+    assert {r["status"] for r in rows} == expected
+    kept = [r for r in rows if r["status"] == "ok"]
+    assert len(read(out / "sft.jsonl")) == len(kept) == len(read(out / "prefs.jsonl"))
+    assert f"| {status} |" in (out / "README.md").read_text()
+
+
+def test_refusal_under_a_helping_principle_is_filtered(setup):
+    def revision(prompt, chat):
+        return "I'm sorry, but I cannot help with that."
+
+    out = run_generate(options(setup), engine=ScriptedEngine(revision=revision))
+    rows = read(out / "generations.jsonl")
+    by_principle = {r["steps"][0]["principle"]: r["status"] for r in rows}
+    assert by_principle.get("helpful") == "refusal"
+
+
+def test_preamble_is_stripped_from_the_final_answer(setup):
+    out = run_generate(options(setup), engine=ScriptedEngine(revision=lambda p, c: f"Revised answer: Safe reply to {p}"))
+    finals = [r["final"] for r in read(out / "generations.jsonl") if r["steps"][0]["principle"] == "helpful"]
+    assert finals and all(f.startswith("Safe reply") for f in finals)
+
+
+def test_resume_skips_finished_ids_and_repairs_a_torn_line(setup):
+    run_generate(options(setup, limit=4), engine=ScriptedEngine())
+    out = Path(setup[2])
+    with (out / "generations.jsonl").open("a") as handle:
+        handle.write('{"id": "q4", "prompt": "torn')  # what a kill mid-write leaves behind
+    engine = ScriptedEngine()
+    run_generate(options(setup, limit=0), engine=engine)
+    assert sum(len(call) for call in engine.calls[:1]) == 2  # only q4 and q5 were generated
+    ids = [r["id"] for r in read(out / "generations.jsonl")]
+    assert sorted(ids) == [f"q{i}" for i in range(6)]
+    assert sorted(r["id"] for r in read(out / "sft.jsonl")) == sorted(ids)
+
+
+def test_changed_constitution_is_refused_unless_force_new(setup):
+    run_generate(options(setup), engine=ScriptedEngine())
+    constitution = Path(setup[0])
+    constitution.write_text(CONSTITUTION.replace("Rewrite it so it is safe.", "Rewrite it to be safe."))
+    with pytest.raises(UsageError, match="different constitution_sha256"):
+        run_generate(options(setup), engine=ScriptedEngine())
+    out = run_generate(options(setup, force_new=True), engine=ScriptedEngine())
+    assert len(read(out / "generations.jsonl")) == 6
+
+
+def test_error_rows_are_kept_then_retried(setup):
+    out = run_generate(options(setup), engine=ScriptedEngine(finish="error"))
+    assert all(r["status"].startswith("error") for r in read(out / "generations.jsonl"))
+    run_generate(options(setup), engine=ScriptedEngine())
+    rows = read(out / "generations.jsonl")
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_missing_or_empty_prompt_file_exits_2_and_writes_nothing(tmp_path, setup, content):
+    prompts = tmp_path / "none.jsonl"
+    if content is not None:
+        prompts.write_text(content)
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["generate", "-c", str(setup[0]), "-p", str(prompts), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "none.jsonl" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_unknown_filter_is_a_usage_error(setup):
+    with pytest.raises(UsageError, match="unknown filter"):
+        run_generate(options(setup, filters=["emtpy"]), engine=ScriptedEngine())
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cai_kit.cli", "generate", *args]
+
+
+def test_tiny_model_through_the_real_cli(setup, tiny_model_path):
+    constitution, prompts, out = setup
+    result = subprocess.run(
+        _cli("-c", str(constitution), "-p", str(prompts), "-m", tiny_model_path, "-o", str(out), "--max-new-tokens",
+             "8", "--batch-size", "4", "--temperature", "1.0"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read(out / "generations.jsonl")
+    assert len(rows) == 6 and all(r["initial"] for r in rows)
+    assert "total" in result.stderr  # the summary table
+
+
+def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_path):
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text(CONSTITUTION)
+    prompts = write_prompts(tmp_path / "p.jsonl", 40)
+    out = tmp_path / "out"
+    args = _cli("-c", str(constitution), "-p", str(prompts), "-m", tiny_model_path, "-o", str(out), "--limit", "0",
+                "--max-new-tokens", "24", "--batch-size", "2", "--temperature", "1.0")
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    generations = out / "generations.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not generations.exists() or generations.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    written = generations.read_text().count("\n")
+    assert 4 <= written < 40, "the kill should land mid-run"
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    ids = [r["id"] for r in read(generations)]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(40))
+    assert len(ids) == len(set(ids))
+    for name in ("sft.jsonl", "prefs.jsonl"):
+        derived = [r["id"] for r in read(out / name)]
+        assert len(derived) == len(set(derived)) and set(derived) <= set(ids)
+
+
+@pytest.mark.slow
+def test_default_model_writes_a_row(setup, default_model_path):
+    constitution, prompts, out = setup
+    write_prompts(prompts, 2)
+    result = subprocess.run(_cli("-c", str(constitution), "-p", str(prompts), "-o", str(out), "--max-new-tokens", "32"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = read(out / "generations.jsonl")
+    assert len(rows) == 2 and all(r["initial"] and r["steps"][0]["critique"] for r in rows)

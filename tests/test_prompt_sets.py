@@ -1,0 +1,264 @@
+"""Prompt sets: the shipped data/ files and every spec form load_prompts takes. Fast; every fixture is written here."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cai_kit.errors import UsageError
+from cai_kit.prompt_sets import REPO, SHIPPED, PromptRow, load_many, load_prompts
+
+MIN_ROWS = {"red_team": 300, "helpful": 220, "eval/harmful": 150, "eval/over_refusal": 160, "eval/helpful": 90}
+MIN_PER_CATEGORY = {"helpful": 15, "eval/helpful": 6, "eval/over_refusal": 12}
+HARMFUL_SETS = ["red_team", "eval/harmful"]  # written by another engineer, in parallel with this file
+ROWS = [
+    {"id": "a-1", "prompt": "How do I boil rice?", "category": "howto"},
+    {"id": "a-2", "prompt": "Name three rivers in Europe.", "category": "facts"},
+    {"id": "a-3", "prompt": "Write a haiku about snow, please.", "category": "writing"},
+]
+
+
+def _shipped_or_skip(name: str) -> Path:
+    path = REPO / SHIPPED[name]
+    if not path.is_file() and name in HARMFUL_SETS:
+        pytest.skip(f"{SHIPPED[name]} is not written yet (the harmful sets are made in parallel with this test)")
+    return path
+
+
+def _raw_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# The shipped sets.
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_set_loads_with_its_minimum_and_unique_ids(name):
+    path = _shipped_or_skip(name)
+    raw = _raw_rows(path)
+    ids = [r["id"] for r in raw]
+    assert len(ids) == len(set(ids)), f"{SHIPPED[name]}: repeated ids {[i for i, n in Counter(ids).items() if n > 1]}"
+    prompts = [_normalise(r["prompt"]) for r in raw]
+    assert len(prompts) == len(set(prompts)), f"{SHIPPED[name]}: repeated prompts"
+    rows = load_prompts(name)
+    assert len(rows) == len(raw) >= MIN_ROWS[name]
+    assert all(r.source == name and r.category for r in rows)
+
+
+@pytest.mark.parametrize("name", list(MIN_PER_CATEGORY))
+def test_helpful_and_over_refusal_sets_cover_their_categories(name):
+    counts = Counter(r.category for r in load_prompts(name))
+    assert len(counts) >= 10, counts
+    assert min(counts.values()) >= MIN_PER_CATEGORY[name], counts
+
+
+def test_helpful_train_and_eval_share_categories():
+    assert {r.category for r in load_prompts("helpful")} == {r.category for r in load_prompts("eval/helpful")}
+
+
+@pytest.mark.parametrize("name", HARMFUL_SETS)
+def test_harmful_sets_have_at_least_ten_categories(name):
+    _shipped_or_skip(name)
+    categories = {r.category for r in load_prompts(name)}
+    assert len(categories) >= 10, sorted(categories)
+
+
+def test_no_eval_prompt_appears_in_a_training_set():
+    """Required: an eval prompt that leaks into training measures memory, not alignment."""
+    present = [name for name in SHIPPED if (REPO / SHIPPED[name]).is_file()]
+    train = {
+        _normalise(r.prompt): name for name in present if not name.startswith("eval/") for r in load_prompts(name)
+    }
+    assert "helpful" in train.values()
+    leaks = [
+        (name, r.prompt, train[_normalise(r.prompt)])
+        for name in present
+        if name.startswith("eval/")
+        for r in load_prompts(name)
+        if _normalise(r.prompt) in train
+    ]
+    assert not leaks
+
+
+# Local files in every format give the same rows.
+
+
+def test_jsonl_json_csv_and_parquet_load_identically(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = [_write_jsonl(tmp_path / "set.jsonl", ROWS)]
+    files.append(tmp_path / "list.json")
+    files[-1].write_text(json.dumps(ROWS), encoding="utf-8")
+    files.append(tmp_path / "wrapped.json")
+    files[-1].write_text(json.dumps({"data": ROWS}), encoding="utf-8")
+    files.append(_write_jsonl(tmp_path / "lines.json", ROWS))  # JSON lines under a .json name, as on the hub
+    files.append(tmp_path / "set.csv")
+    with files[-1].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "prompt", "category"])
+        writer.writeheader()
+        writer.writerows(ROWS)
+    files.append(tmp_path / "set.parquet")
+    pq.write_table(pa.Table.from_pylist(ROWS), files[-1])
+
+    expected = [PromptRow(r["id"], r["prompt"], r["category"]) for r in ROWS]
+    for path in files:
+        rows = load_prompts(str(path))
+        assert [PromptRow(r.id, r.prompt, r.category) for r in rows] == expected, path.name
+        assert {r.source for r in rows} == {str(path)}
+
+
+def test_column_option_and_hashed_ids(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "q.jsonl", [{"question": "  What is a prime?  "}, {"question": "Why is snow white?"}]
+    )
+    rows = load_prompts(str(path), column="question")
+    assert [r.prompt for r in rows] == ["What is a prime?", "Why is snow white?"]
+    assert rows[0].id == "p-" + hashlib.sha1(b"What is a prime?").hexdigest()[:12]
+    assert rows[0].category == ""
+    assert load_prompts(str(path), column="question") == rows  # the hashed id is stable
+
+
+def test_hh_rlhf_transcript_yields_first_human_turn(tmp_path):
+    chosen = "\n\nHuman: How do I fix a leaky tap?\n\nAssistant: Turn off the water first.\n\nHuman: Then?"
+    path = _write_jsonl(tmp_path / "hh.jsonl", [{"chosen": chosen, "rejected": chosen + " x"}])
+    assert [r.prompt for r in load_prompts(str(path))] == ["How do I fix a leaky tap?"]
+
+
+def test_chat_messages_yield_first_user_message(tmp_path):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a blue fruit."},
+        {"role": "assistant", "content": "A blueberry."},
+        {"role": "user", "content": "Another?"},
+    ]
+    path = _write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {"id": "m", "messages": messages},  # sft.jsonl style: no prompt column
+            {"id": "p", "prompt": [{"role": "user", "content": "Name a red fruit."}]},  # prefs.jsonl style
+            {"id": "s", "prompt": [{"from": "human", "value": "Name a green fruit."}]},  # ShareGPT style
+        ],
+    )
+    assert [r.prompt for r in load_prompts(str(path))] == [
+        "Name a blue fruit.",
+        "Name a red fruit.",
+        "Name a green fruit.",
+    ]
+
+
+def test_hf_spec_loads_a_local_dataset_folder(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # keep ~/.cache clean
+    folder = tmp_path / "my_prompts"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", ROWS)
+    rows = load_prompts(f"hf:{folder}")
+    assert [(r.id, r.prompt, r.category) for r in rows] == [(r["id"], r["prompt"], r["category"]) for r in ROWS]
+    assert rows[0].source == f"hf:{folder}"
+    assert len(load_prompts(f"hf:{folder}::train", limit=2)) == 2
+
+
+def test_hf_spec_for_a_missing_dataset_fails_fast_in_one_line(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    # conftest sets HF_HUB_OFFLINE=1 before either library reads it; pin it here too, whatever ran first.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.monotonic()
+    with pytest.raises(UsageError) as e:
+        load_prompts("hf:cai-kit-tests/no-such-dataset-anywhere")
+    assert time.monotonic() - start < 30
+    message = str(e.value)
+    assert message.startswith("hf:cai-kit-tests/no-such-dataset-anywhere: could not be loaded")
+    assert "\n" not in message and "Hub" in message
+
+
+# Errors: one UsageError line that names the file, and the line where there is one.
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UsageError, match=r"nope\.jsonl: no such file"):
+        load_prompts(str(tmp_path / "nope.jsonl"))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / ("empty.json" if content == "[]" else "empty.jsonl")
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UsageError, match=re.escape(f"{path}: contains no prompts")):
+        load_prompts(str(path))
+
+
+def test_bad_json_line_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "fine"}\n\n{"prompt": "broken\n', encoding="utf-8")
+    with pytest.raises(UsageError, match=re.escape(f"{path}:3: not valid JSON")):
+        load_prompts(str(path))
+
+
+def test_missing_column_names_it_and_the_columns_there(tmp_path):
+    path = _write_jsonl(tmp_path / "cols.jsonl", [{"id": "x", "text": "hello"}])
+    with pytest.raises(UsageError) as e:
+        load_prompts(str(path))
+    assert str(e.value) == f"{path}:1: no column 'prompt' (columns: id, text); choose one with --column"
+
+
+def test_empty_prompt_names_the_line(tmp_path):
+    path = _write_jsonl(tmp_path / "blank.jsonl", [{"prompt": "ok"}, {"prompt": "   "}])
+    with pytest.raises(UsageError, match=re.escape(f"{path}:2: empty prompt")):
+        load_prompts(str(path))
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("hello\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"prompts\.txt: unknown file type '\.txt'"):
+        load_prompts(str(path))
+
+
+# Limits and several sets.
+
+
+def test_limit_over_several_sets_keeps_a_mix(tmp_path):
+    first = _write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "prompt": f"first {i}"} for i in range(10)])
+    second = _write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "prompt": f"second {i}"} for i in range(3)])
+    assert [r.id for r in load_many([str(first), str(second)], limit=5)] == ["a0", "b0", "a1", "b1", "a2"]
+    assert [r.id for r in load_many([str(first), str(second)], limit=8)] == [
+        "a0", "b0", "a1", "b1", "a2", "b2", "a3", "a4"
+    ]  # fmt: skip
+    everything = load_many([str(first), str(second)], limit=0)
+    assert [r.id for r in everything] == [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(3)]
+    assert len(load_prompts(str(first), limit=4)) == 4
+
+
+def test_load_many_drops_repeated_ids_first_wins(tmp_path):
+    first = _write_jsonl(tmp_path / "a.jsonl", [{"id": "same", "prompt": "from a"}, {"id": "a1", "prompt": "a one"}])
+    second = _write_jsonl(tmp_path / "b.jsonl", [{"id": "same", "prompt": "from b"}, {"id": "b1", "prompt": "b one"}])
+    for limit in (None, 3):
+        rows = load_many([str(first), str(second)], limit=limit)
+        assert [r.prompt for r in rows if r.id == "same"] == ["from a"]
+        assert len(rows) == 3
+
+
+def test_shipped_sets_mix_under_a_limit():
+    rows = load_many(["helpful", "eval/over_refusal"], limit=10)
+    assert Counter(r.source for r in rows) == {"helpful": 5, "eval/over_refusal": 5}
