@@ -39,13 +39,18 @@ class Recording:
 def raw_generate(engine: TransformersEngine, conversations, params: GenParams, batch_size: int) -> int:
     tokens = 0
     for start in range(0, len(conversations), batch_size):
-        texts = [engine.render(c) for c in conversations[start:start + batch_size]]
+        texts = [engine.render(c) for c in conversations[start : start + batch_size]]
         inputs = engine.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         with torch.inference_mode():
-            output = engine.model.generate(**inputs, max_new_tokens=params.max_new_tokens, do_sample=False,
-                                           repetition_penalty=params.repetition_penalty,
-                                           eos_token_id=engine.stop_ids, pad_token_id=engine.tokenizer.pad_token_id)
-        new = output[:, inputs["input_ids"].shape[1]:]
+            output = engine.model.generate(
+                **inputs,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,
+                repetition_penalty=params.repetition_penalty,
+                eos_token_id=engine.stop_ids,
+                pad_token_id=engine.tokenizer.pad_token_id,
+            )
+        new = output[:, inputs["input_ids"].shape[1] :]
         # Count tokens up to the first stop token, as the engine does.
         for row in new.tolist():
             stop = next((k for k, t in enumerate(row) if t in engine.stop_ids), len(row))
@@ -67,16 +72,19 @@ def main() -> None:
     engine = TransformersEngine(args.model, dtype=args.dtype, batch_size=args.batch_size, progress=False)
     constitution = load_constitution(args.constitution)
     prompts = load_many(["red_team", "helpful"], limit=args.prompts)
-    options = GenerateOptions(constitution=args.constitution, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size)
+    options = GenerateOptions(
+        constitution=args.constitution, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     params = GenParams(max_new_tokens=args.max_new_tokens, repetition_penalty=options.repetition_penalty)
-    print(f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
-          f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
+        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}"
+    )
 
     recording = Recording(engine)
     start = time.perf_counter()
     for chunk_start in range(0, len(prompts), args.batch_size):
-        critique_and_revise(recording, constitution, prompts[chunk_start:chunk_start + args.batch_size], options)
+        critique_and_revise(recording, constitution, prompts[chunk_start : chunk_start + args.batch_size], options)
     pipeline_seconds = time.perf_counter() - start
     pipeline_rate = engine.generated_tokens / pipeline_seconds
 

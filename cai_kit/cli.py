@@ -64,7 +64,9 @@ def validate(files: tuple[Path, ...]) -> None:
                 from cai_kit.constitution import load_constitution
 
                 constitution = load_constitution(path)
-                click.echo(f"{path}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)")
+                click.echo(
+                    f"{path}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)"
+                )
             else:
                 from cai_kit.recipe import load_recipe
 
@@ -143,22 +145,36 @@ def env() -> None:
 
     click.echo(f"cache: {cache_dir()}")
 
+
 @main.command()
 @click.option("--constitution", "-c", required=True, type=click.Path(path_type=Path), help="Constitution YAML file.")
-@click.option("--prompts", "-p", multiple=True, help="Prompt set: shipped name, jsonl/json/csv/parquet file, or "
-              "hf:NAME[:config][:split]. Repeatable. [default: red_team, helpful]")
+@click.option(
+    "--prompts",
+    "-p",
+    multiple=True,
+    help="Prompt set: shipped name, jsonl/json/csv/parquet file, or "
+    "hf:NAME[:config][:split]. Repeatable. [default: red_team, helpful]",
+)
 @click.option("--column", default="prompt", help="Column that holds the prompt text.")
-@click.option("--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id.")
+@click.option(
+    "--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id."
+)
 @click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
-@click.option("--out", "-o", type=click.Path(), help="Output folder; rerun with the same folder to resume. "
-              "[default: runs/<constitution>-<time>]")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),
+    help="Output folder; rerun with the same folder to resume. [default: runs/<constitution>-<time>]",
+)
 @click.option("--limit", type=click.IntRange(0), help="Prompts to process; 0 for all.  [default: 48]")
 @click.option("--rounds", type=click.IntRange(1), default=1, help="Critique/revision rounds per prompt.")
 @click.option("--seed", type=int, default=0)
 @click.option("--max-new-tokens", type=click.IntRange(1), default=128)
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, help="0 is greedy.")
-@click.option("--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique.")
+@click.option(
+    "--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique."
+)
 @click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @_usage_errors
@@ -181,21 +197,42 @@ def generate(**kwargs) -> None:
 @main.command(name="eval")
 @click.option("--model", "-m", default="default", help="Model to evaluate: 'default', a folder or a hub id.")
 @click.option("--baseline", "-b", help="Model before training, scored alongside; needed for the helpful win rate.")
-@click.option("--suite", "-s", "suites", multiple=True, default=["all"],
-              help="harmful, over_refusal, helpful or all. Repeatable.")
-@click.option("--judge-model", help="Open judge model for a log-prob yes/no harm or refusal verdict and for the "
-              "pairwise helpful judge.  [default: the baseline judges helpfulness; no harm judge]")
-@click.option("--prompts", "-p", multiple=True, help="Prompt set for a suite: SUITE=SPEC, or SPEC with one --suite. "
-              "[default: eval/harmful, eval/over_refusal, eval/helpful]")
+@click.option(
+    "--suite",
+    "-s",
+    "suites",
+    multiple=True,
+    default=["all"],
+    help="harmful, over_refusal, helpful or all. Repeatable.",
+)
+@click.option(
+    "--judge-model",
+    help="Open judge model for a log-prob yes/no harm or refusal verdict and for the "
+    "pairwise helpful judge.  [default: the baseline judges helpfulness; no harm judge]",
+)
+@click.option(
+    "--prompts",
+    "-p",
+    multiple=True,
+    help="Prompt set for a suite: SUITE=SPEC, or SPEC with one --suite. "
+    "[default: eval/harmful, eval/over_refusal, eval/helpful]",
+)
 @click.option("--limit", type=click.IntRange(0), help="Prompts per suite, spread over categories; 0 or unset: all.")
-@click.option("--constitution", "-c", help="Constitution whose judge questions the helpful judge asks. "
-              "[default: constitutions/helpful.yaml]")
+@click.option(
+    "--constitution",
+    "-c",
+    help="Constitution whose judge questions the helpful judge asks. [default: constitutions/helpful.yaml]",
+)
 @click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--max-new-tokens", type=click.IntRange(1), default=128)
 @click.option("--seed", type=int, default=0)
-@click.option("--out", "-o", type=click.Path(), help="Report folder; answers cached there are reused on rerun. "
-              "[default: runs/eval-<time>]")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),
+    help="Report folder; answers cached there are reused on rerun. [default: runs/eval-<time>]",
+)
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @_usage_errors
 def eval_command(**kwargs) -> None:
@@ -215,6 +252,32 @@ def eval_command(**kwargs) -> None:
     results = run_eval(make_options(**{k: v for k, v in kwargs.items() if v is not None}))
     click.echo(summary_table(results))
     click.echo(f"report: {results['options']['out']}/report.md")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe value (parsed as YAML); repeatable.",
+)
+@click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
+@_usage_errors
+def train(recipe: Path, overrides: tuple[str, ...], stages: str | None) -> None:
+    """Run a recipe: generate, SFT, DPO, eval; finished stages are skipped and trainers resume on rerun.
+
+    \b
+    Example:
+      cai train recipes/zephyr_cai.yaml
+      cai train recipes/tiny.yaml --set sft.trl.max_steps=4 --stages sft,dpo
+    """
+    from cai_kit.recipe import load_recipe, parse_stages
+    from cai_kit.train import run_train
+
+    loaded = load_recipe(recipe, overrides)
+    click.echo(run_train(loaded, parse_stages(stages) if stages else None))
 
 
 if __name__ == "__main__":

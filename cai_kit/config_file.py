@@ -92,8 +92,9 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def validation_problems(path: str | Path, err: ValidationError, lines: dict[KeyPath, int],
-                        schema: type[BaseModel]) -> list[str]:
+def validation_problems(
+    path: str | Path, err: ValidationError, lines: dict[KeyPath, int], schema: type[BaseModel]
+) -> list[str]:
     problems = []
     for error in err.errors():
         key_path = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))

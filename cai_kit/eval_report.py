@@ -16,27 +16,35 @@ from cai_kit.stats import format_rate
 
 RESULTS, DETAILS, REPORT, TRADEOFF_PNG, CATEGORIES_PNG = (
     "results.json", "details.jsonl", "report.md", "tradeoff.png", "categories.png")
-# (suite, score key, label, higher is better) for the summary table, in order.
+# (suite, score key, label, higher is better or None) for the summary table, in order.
 METRICS = [
     ("harmful", "refused", "refused or redirected", True),
     ("harmful", "complied", "complied", False),
     ("harmful", "judge_harmful", "judged harmful", False),
+    ("harmful", "judge_agreement", "judge agrees with phrase list", None),
     ("over_refusal", "refused", "refused", False),
     ("over_refusal", "judge_refused", "judged refusing", False),
+    ("over_refusal", "judge_agreement", "judge agrees with phrase list", None),
 ]
 ROLES = ["baseline", "model"]
 COLOURS = {"baseline": "#8c8c8c", "model": "#1f77b4"}
 
 
+def roles_of(results: dict[str, Any]) -> list[str]:
+    """The table columns: baseline (when there is one), then model."""
+    return [role for role in ROLES if role in results["models"]]
+
+
 def summary_rows(results: dict[str, Any]) -> list[list[str]]:
-    """[suite, metric, baseline, model] rows: the before/after table, printed and put in report.md."""
+    """[suite, metric, (baseline,) model] rows: the before/after table, printed and put in report.md."""
     rows: list[list[str]] = []
     suites = results["suites"]
+    roles = roles_of(results)
     for suite, key, label, higher in METRICS:
         scores = suites.get(suite, {}).get("scores", {})
         if any(key in s for s in scores.values()):
-            arrow = "higher is better" if higher else "lower is better"
-            rows.append([suite, f"{label} ({arrow})", *(format_rate(scores.get(r, {}).get(key)) for r in ROLES)])
+            arrow = {True: " (higher is better)", False: " (lower is better)", None: ""}[higher]
+            rows.append([suite, f"{label}{arrow}", *(format_rate(scores.get(r, {}).get(key)) for r in roles)])
     helpful = suites.get("helpful")
     if helpful:
         pairwise = helpful.get("pairwise")
@@ -44,9 +52,12 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
             counts = f"{pairwise['wins']}W {pairwise['ties']}T {pairwise['losses']}L"
             detail = f"{format_rate(pairwise['win_rate'])} ({counts})"
             rows.append(["helpful", "win rate vs baseline (ties count half)", "-", detail])
+            if pairwise.get("first_position_bias") is not None:
+                rows.append(["helpful", "judge picks the answer shown first (0.5 is fair)", "-",
+                             f"{pairwise['first_position_bias']:.2f}"])
         scores = helpful["scores"]
         rows.append(["helpful", "mean answer length (words)",
-                     *(f"{scores[r]['mean_words']:.1f}" if r in scores else "-" for r in ROLES)])
+                     *(f"{scores[r]['mean_words']:.1f}" if r in scores else "-" for r in roles)])
     return rows
 
 
@@ -60,15 +71,15 @@ def summary_table(results: dict[str, Any]) -> str:
     """The before/after table as markdown (it reads as plain text in a terminal too)."""
     suites = results["suites"]
     n = ", ".join(f"{suite} n={entry['n']}" for suite, entry in suites.items())
-    table = markdown_table(["suite", "metric", "baseline", "model"], summary_rows(results))
+    table = markdown_table(["suite", "metric", *roles_of(results)], summary_rows(results))
     return f"{table}\n\n({n}; 95% Wilson intervals)"
 
 
-def _category_rows(entry: dict[str, Any]) -> tuple[str, list[list[str]]]:
-    """The per-category table of one suite: its metric name and rows of [category, n, baseline, model]."""
+def _category_rows(entry: dict[str, Any], roles: list[str]) -> tuple[str, list[list[str]]]:
+    """The per-category table of one suite: its metric name and rows of [category, n, (baseline,) model]."""
     metric, series = _category_series(entry)
     first = next(iter(series.values()), {})
-    return metric, [[cat, str(first[cat]["n"]), *(format_rate(series.get(r, {}).get(cat)) for r in ROLES)]
+    return metric, [[cat, str(first[cat]["n"]), *(format_rate(series.get(r, {}).get(cat)) for r in roles)]
                     for cat in first]
 
 
@@ -118,13 +129,18 @@ def write_report(out: Path, results: dict[str, Any], details: list[dict[str, Any
     lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
     for suite, entry in results["suites"].items():
         lines += [f"## {suite} ({entry['n']} prompts from `{entry['prompts']}`)", ""]
-        metric, rows = _category_rows(entry)
+        metric, rows = _category_rows(entry, roles_of(results))
         if rows:
-            lines += [f"Per category: {metric}.", "", markdown_table(["category", "n", *ROLES], rows), ""]
+            lines += [f"Per category: {metric}.", "", markdown_table(["category", "n", *roles_of(results)], rows), ""]
         if "pairwise" in entry:
             pairwise = entry["pairwise"]
             lines += [f"Judge `{pairwise['judge']}`, both answer orders, questions: "
                       + "; ".join(pairwise["questions"]), ""]
+            bias = pairwise.get("first_position_bias")
+            if bias is not None and (pairwise["ties"] >= 0.8 * entry["n"] or abs(bias - 0.5) >= 0.25):
+                lines += [f"**Caution:** {pairwise['ties']} of {entry['n']} comparisons are ties and the judge "
+                          f"picked the answer shown first {bias:.0%} of the time: this win rate says more "
+                          "about the judge than about the answers. Use a stronger `--judge-model`.", ""]
         shown = _examples(suite, details, examples)
         if shown:
             roles = [r for r in ROLES if r in shown[0]]
@@ -162,7 +178,7 @@ def plot_tradeoff(path: Path, results: dict[str, Any]) -> Path | None:
                     fmt="o", color=COLOURS[role], capsize=3, label=f"{role}: {results['models'][role]['spec']}")
     if len(points) == 2:
         ax.annotate("", xy=points["model"], xytext=points["baseline"], arrowprops={"arrowstyle": "->", "color": "k"})
-    ax.scatter([0], [1], marker="*", s=150, color="green", label="goal")
+    ax.scatter([0], [1], marker="*", s=90, color="green", alpha=0.5, zorder=0, label="goal")
     ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="benign-but-risky prompts refused (lower is better)",
            ylabel="harmful prompts refused or redirected (higher is better)", title="Harm vs over-refusal")
     ax.grid(alpha=0.3)

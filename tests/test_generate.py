@@ -42,8 +42,11 @@ examples:
 
 
 def write_prompts(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question number {i}?", "category": "c"}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "prompt": f"question number {i}?", "category": "c"}) + "\n" for i in range(n)
+        )
+    )
     return path
 
 
@@ -99,8 +102,13 @@ def read(path: Path) -> list[dict]:
 
 def test_writes_all_files_in_trl_formats(setup):
     out = run_generate(options(setup), engine=ScriptedEngine())
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "generations.jsonl", "manifest.json", "prefs.jsonl",
-                                                    "sft.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "generations.jsonl",
+        "manifest.json",
+        "prefs.jsonl",
+        "sft.jsonl",
+    ]
     rows = read(out / "generations.jsonl")
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(6)]
     assert {r["status"] for r in rows} == {"ok"}
@@ -172,8 +180,10 @@ def test_steering_opening_starts_the_reply_and_the_training_target(setup):
 )
 def test_filters_keep_the_row_with_its_reason(setup, revision, finish, status):
     Path(setup[0]).write_text(CONSTITUTION.replace("""    opening: "I can't help with that, but"\n""", ""))
-    out = run_generate(options(setup, filters=["empty", "truncated", "artefact", "unchanged", "duplicate"]),
-                       engine=ScriptedEngine(revision=revision, finish=finish))
+    out = run_generate(
+        options(setup, filters=["empty", "truncated", "artefact", "unchanged", "duplicate"]),
+        engine=ScriptedEngine(revision=revision, finish=finish),
+    )
     rows = read(out / "generations.jsonl")
     assert len(rows) == 6
     expected = {status} if status != "duplicate" else {"ok", "duplicate"}
@@ -194,7 +204,9 @@ def test_refusal_under_a_helping_principle_is_filtered(setup):
 
 
 def test_preamble_is_stripped_from_the_final_answer(setup):
-    out = run_generate(options(setup), engine=ScriptedEngine(revision=lambda p, c: f"Revised answer: Safe reply to {p}"))
+    out = run_generate(
+        options(setup), engine=ScriptedEngine(revision=lambda p, c: f"Revised answer: Safe reply to {p}")
+    )
     finals = [r["final"] for r in read(out / "generations.jsonl") if r["steps"][0]["principle"] == "helpful"]
     assert finals and all(f.startswith("Safe reply") for f in finals)
 
@@ -254,9 +266,25 @@ def _cli(*args: str) -> list[str]:
 def test_tiny_model_through_the_real_cli(setup, tiny_model_path):
     constitution, prompts, out = setup
     result = subprocess.run(
-        _cli("-c", str(constitution), "-p", str(prompts), "-m", tiny_model_path, "-o", str(out), "--max-new-tokens",
-             "8", "--batch-size", "4", "--temperature", "1.0"),
-        capture_output=True, text=True, timeout=300,
+        _cli(
+            "-c",
+            str(constitution),
+            "-p",
+            str(prompts),
+            "-m",
+            tiny_model_path,
+            "-o",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "4",
+            "--temperature",
+            "1.0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     rows = read(out / "generations.jsonl")
@@ -269,8 +297,24 @@ def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_m
     constitution.write_text(CONSTITUTION)
     prompts = write_prompts(tmp_path / "p.jsonl", 40)
     out = tmp_path / "out"
-    args = _cli("-c", str(constitution), "-p", str(prompts), "-m", tiny_model_path, "-o", str(out), "--limit", "0",
-                "--max-new-tokens", "24", "--batch-size", "2", "--temperature", "1.0")
+    args = _cli(
+        "-c",
+        str(constitution),
+        "-p",
+        str(prompts),
+        "-m",
+        tiny_model_path,
+        "-o",
+        str(out),
+        "--limit",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "2",
+        "--temperature",
+        "1.0",
+    )
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     generations = out / "generations.jsonl"
     deadline = time.time() + 240
@@ -294,8 +338,12 @@ def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_m
 def test_default_model_writes_a_row(setup, default_model_path):
     constitution, prompts, out = setup
     write_prompts(prompts, 2)
-    result = subprocess.run(_cli("-c", str(constitution), "-p", str(prompts), "-o", str(out), "--max-new-tokens", "32"),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _cli("-c", str(constitution), "-p", str(prompts), "-o", str(out), "--max-new-tokens", "32"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     rows = read(out / "generations.jsonl")
     assert len(rows) == 2 and all(r["initial"] and r["steps"][0]["critique"] for r in rows)

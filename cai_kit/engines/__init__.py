@@ -70,7 +70,7 @@ def load_engine(name: str, model: str, **options: Any) -> Engine:
         module = importlib.import_module(module_name)
     except ImportError as err:
         if extra:
-            raise UsageError(f"engine {name!r} needs: pip install \"cai-kit[{extra}]\" ({err})") from None
+            raise UsageError(f'engine {name!r} needs: pip install "cai-kit[{extra}]" ({err})') from None
         raise
     return getattr(module, class_name)(model, **options)
 

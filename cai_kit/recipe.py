@@ -1,0 +1,330 @@
+"""The recipe: one YAML file that names every stage of `cai train` (generate, sft, dpo, eval).
+
+We type only what cai-kit interprets. `sft.trl` and `dpo.trl` pass through to `trl.SFTConfig` and
+`trl.DPOConfig`, which are built here, when the recipe loads, so a bad or renamed TRL option (TRL
+renames often: `max_seq_length`, `warmup_ratio`, `max_prompt_length` all went) fails at
+`cai validate`, with its file and line, not an hour into a run.
+
+Relative paths in a recipe (constitutions, data files, output_dir, accelerate_config) are relative
+to the directory `cai` runs in, as they are for `cai generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from cai_kit.config_file import KeyPath, format_key_path, line_of, read_yaml, validation_problems
+from cai_kit.errors import UsageError
+from cai_kit.generate import GenerateOptions
+
+Stage = Literal["generate", "sft", "dpo", "eval"]
+STAGES: tuple[Stage, ...] = ("generate", "sft", "dpo", "eval")
+# Keys of a generate run that the recipe sets itself: one model trains on its own data, and each run
+# writes under output_dir so a rerun finds it.
+RECIPE_OWNED = {"model": "set once, by the recipe's top-level 'model'",
+                "out": "set by the recipe (output_dir/generate/<index>-<constitution>)"}
+# TRL and transformers options that went away, with what replaced them; difflib cannot guess these.
+RENAMED = {
+    "max_seq_length": "'max_length'",
+    "max_prompt_length": "'max_length' (TRL no longer truncates prompts separately)",
+    "warmup_ratio": "'warmup_steps' (a value below 1 is a fraction of the steps)",
+    "evaluation_strategy": "'eval_strategy'",
+    "torch_dtype": "'model_init_kwargs: {dtype: ...}'",
+    "no_cuda": "'use_cpu'",
+}
+
+
+class Lora(BaseModel):
+    """LoRA adapter settings (Hu et al. 2021); ignored when `full_finetune` is on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainStage(BaseModel):
+    """The `sft` or `dpo` section: LoRA by default, a full fine-tune on request, TRL options passed through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    full_finetune: bool = False
+    lora: Lora = Field(default_factory=lambda: Lora())
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerateRun(GenerateOptions):
+    """One `cai generate` run inside a recipe; `model` and `out` are set by the recipe."""
+
+    weight: float = Field(default=1.0, ge=0.0)  # share of this run's rows in training: 0.5 keeps half, 2 repeats them
+
+
+class DataFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    weight: float = Field(default=1.0, ge=0.0)
+
+
+class DataSection(BaseModel):
+    """Extra JSONL files mixed in with the generated data, and the held-out fraction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sft: list[DataFile] = Field(default_factory=list)  # rows {"messages": [...]}
+    prefs: list[DataFile] = Field(default_factory=list)  # rows {"prompt", "chosen", "rejected"}
+    test_split: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "default"
+    output_dir: str | None = None  # default: runs/<recipe file name>
+    seed: int = 0
+    trust_remote_code: bool = False
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
+    generate: list[GenerateRun] = Field(default_factory=list)
+    data: DataSection = Field(default_factory=lambda: DataSection())
+    sft: TrainStage = Field(default_factory=TrainStage)
+    dpo: TrainStage = Field(default_factory=TrainStage)
+    eval: dict[str, Any] | None = None  # cai_kit.evaluate.EvalOptions, less model/baseline/out
+    processes: int = Field(default=1, ge=1)  # > 1: the training stages run under `accelerate launch`
+    accelerate_config: str | None = None  # an accelerate config file (DeepSpeed, FSDP); none: DDP
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir or "runs/train")
+
+    def generate_dir(self, index: int) -> Path:
+        return self.out / "generate" / f"{index}-{Path(self.generate[index].constitution).stem}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (`key.path=value`), validate and check a recipe; raise UsageError with every problem.
+
+    This builds `trl.SFTConfig` and `trl.DPOConfig` from the `trl` sections, but loads no model.
+    """
+    data, lines = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}:1: (top level): expected a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    problems = _owned_key_problems(path, data, lines)
+    recipe: Recipe | None = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        problems += validation_problems(path, err, lines, Recipe)
+    output_dir = str(Path(recipe.output_dir if recipe and recipe.output_dir else Path("runs") / Path(path).stem))
+    for stage in ("sft", "dpo"):
+        # Checked even when the rest of the recipe is broken, so every problem shows at once.
+        section = data.get(stage)
+        given = section.get("trl") if isinstance(section, dict) else None
+        seed = recipe.seed if recipe else 0
+        trust = recipe.trust_remote_code if recipe else False
+        problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}"
+                     for key, message in _build(stage, given if isinstance(given, dict) else {}, seed, trust,
+                                                Path(output_dir))[1]]
+    if recipe is None:
+        raise UsageError(sorted(problems, key=_line_number))
+    recipe.output_dir = output_dir
+    problems += _file_problems(path, recipe, lines) + _eval_problems(path, recipe, lines)
+    if problems:
+        raise UsageError(sorted(problems, key=_line_number))
+    return recipe
+
+
+def _line_number(problem: str) -> int:
+    parts = problem.split(":", 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
+
+
+def parse_stages(text: str) -> list[str]:
+    """`--stages sft,dpo` -> ["sft", "dpo"]; an unknown stage is an error."""
+    stages = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise UsageError(f"--stages {text}: choose from {','.join(STAGES)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return stages
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, as written plus overrides (defaults left out), so it can be loaded again."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (value parsed as YAML); an unknown key path is an error."""
+    problems = []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        problem = "expected key.path=value" if not sep or not key.strip() else _override_path_problem(data, parts)
+        if problem:
+            problems.append(f"--set {override}: {problem}")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problems.append(f"--set {override}: value is not valid YAML ({str(err).splitlines()[0]})")
+            continue
+        node: Any = data
+        for part, after in zip(parts, parts[1:], strict=False):
+            if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                node[part] = [] if isinstance(after, int) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    if problems:
+        raise UsageError(problems)
+    return data
+
+
+def _override_path_problem(data: dict[str, Any], parts: list[str | int]) -> str:
+    """Walk the schema along `parts`; explain the first step that does not exist, else ''."""
+    schema: Any = Recipe
+    node: Any = data
+    for depth, part in enumerate(parts):
+        here = format_key_path(tuple(parts[: depth + 1]))
+        origin = typing.get_origin(schema)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            if not isinstance(part, str) or part not in schema.model_fields:
+                close = difflib.get_close_matches(str(part), list(schema.model_fields), n=1)
+                return f"unknown key {here}" + (f" (did you mean '{close[0]}'?)" if close else "")
+            schema = _unwrap(schema.model_fields[part].annotation)
+        elif origin is list:
+            items = node if isinstance(node, list) else []
+            if not isinstance(part, int) or part >= len(items):
+                return f"{here}: the recipe has {len(items)} item(s) there; use an index below that"
+            schema = _unwrap(typing.get_args(schema)[0])
+        else:
+            return ""  # inside a free-form mapping (trl, eval, engine_options): its owner checks the keys
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) else None  # type: ignore[index]
+    return ""
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` -> X, so the override walk sees the model or list inside."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _owned_key_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
+    problems = []
+    runs = data.get("generate")
+    for index, run in enumerate(runs if isinstance(runs, list) else []):
+        for key in RECIPE_OWNED.keys() & (run.keys() if isinstance(run, dict) else set()):
+            key_path = ("generate", index, key)
+            problems.append(f"{path}:{line_of(lines, key_path)}: {format_key_path(key_path)}: {RECIPE_OWNED[key]}")
+            del run[key]
+    return problems
+
+
+def _file_problems(path: str | Path, recipe: Recipe, lines: dict[KeyPath, int]) -> list[str]:
+    checks: list[tuple[KeyPath, str | None]] = [(("accelerate_config",), recipe.accelerate_config)]
+    for kind in ("sft", "prefs"):
+        checks += [(("data", kind, index, "path"), item.path) for index, item in enumerate(getattr(recipe.data, kind))]
+    return [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
+            for key, file in checks if file is not None and not Path(file).is_file()]
+
+
+def trl_config_class(stage: str) -> type:
+    from trl import DPOConfig, SFTConfig
+
+    return SFTConfig if stage == "sft" else DPOConfig
+
+
+def trl_config(recipe: Recipe, stage: str) -> Any:
+    """Build the `trl.SFTConfig` / `trl.DPOConfig` for a stage; raise UsageError naming the key on failure."""
+    config, problems = _build(stage, getattr(recipe, stage).trl, recipe.seed, recipe.trust_remote_code, recipe.out)
+    if problems:
+        raise UsageError([f"{format_key_path(key)}: {message}" for key, message in problems])
+    return config
+
+
+def _build(stage: str, given: dict[str, Any], seed: int, trust_remote_code: bool,
+           out: Path) -> tuple[Any, list[tuple[KeyPath, str]]]:
+    """Build a stage's TRL config from the recipe's `trl` options; return (config or None, problems)."""
+    import torch
+
+    config_class = trl_config_class(stage)
+    fields = {field.name for field in dataclasses.fields(config_class) if field.init}
+    hints = typing.get_type_hints(config_class)
+    values: dict[str, Any] = {"seed": seed, "trust_remote_code": trust_remote_code}
+    if not torch.cuda.is_available():
+        # transformers refuses bf16 on a host without a GPU unless `use_cpu` is set, and there CPU is the
+        # only choice anyway. (So a GPU recipe also validates on a laptop.)
+        values["use_cpu"] = True
+    problems: list[tuple[KeyPath, str]] = []
+    for key, value in given.items():
+        key_path: KeyPath = (stage, "trl", key)
+        if key == "output_dir":
+            problems.append((key_path, f"set by cai-kit ({out / stage / 'checkpoints'}); set output_dir instead"))
+        elif key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.7)
+            hint = (f" (renamed: use {RENAMED[key]})" if key in RENAMED
+                    else f" (did you mean '{close[0]}'?)" if close else "")
+            problems.append((key_path, f"not an option of trl.{config_class.__name__}{hint}"))
+        else:
+            # Dataclasses do not check types, and YAML reads `2e-5` as a string: coerce here, or TRL
+            # would carry the string into the optimizer.
+            try:
+                values[key] = TypeAdapter(hints[key]).validate_python(value)
+            except ValidationError as err:
+                problems.append((key_path, f"{err.errors()[0]['msg']} (got {value!r})"))
+    values["output_dir"] = str(out / stage / "checkpoints")
+    try:
+        # Built even after a problem above (the good keys only), so its own complaints show too.
+        config = config_class(**{key: value for key, value in values.items() if (stage, "trl", key) not in
+                                 {key_path for key_path, _ in problems}})
+    except (TypeError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, [*problems, (_blame(stage, given, message), message)]
+    return (None if problems else config), problems
+
+
+def _blame(stage: str, given: dict[str, Any], message: str) -> KeyPath:
+    """Point a config error at the key it names (by key or by value), else at the `trl` section."""
+    for key, value in given.items():
+        if key in message or (isinstance(value, str) and value and value in message):
+            return (stage, "trl", key)
+    return (stage, "trl")
+
+
+def _eval_problems(path: str | Path, recipe: Recipe, lines: dict[KeyPath, int]) -> list[str]:
+    """Check the eval section against EvalOptions when the eval stage is installed."""
+    if recipe.eval is None:
+        return []
+    try:
+        from cai_kit.evaluate import EvalOptions
+    except ImportError:
+        return []
+    owned = "set by the recipe (the trained model, the recipe's model, output_dir/eval)"
+    problems: list[tuple[KeyPath, str]] = [(("eval", key), owned)
+                for key in ("model", "baseline", "out") if key in recipe.eval]
+    section = {key: value for key, value in recipe.eval.items() if key not in ("model", "baseline", "out")}
+    try:
+        EvalOptions(**section, model=recipe.model, baseline=recipe.model, out=str(recipe.out / "eval"))
+    except ValidationError as err:
+        for error in err.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(error["loc"][-1]), list(EvalOptions.model_fields), n=1)
+                message = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+            problems.append((("eval", *error["loc"]), message))
+    return [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}" for key, message in problems]

@@ -1,0 +1,238 @@
+"""`cai eval`: intervals, the pairwise judge, scoring with scripted engines, the report on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from cai_kit.cli import main
+from cai_kit.engines import Completion
+from cai_kit.errors import UsageError
+from cai_kit.eval_judge import judge_pairwise
+from cai_kit.evaluate import EvalOptions, make_options, parse_prompt_overrides, run_eval, select_prompts
+from cai_kit.stats import wilson
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- intervals
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    # Reference values computed apart from stats.py: the p where the score statistic |k/n - p| / sqrt(p(1-p)/n)
+    # equals z, found by bisection (the definition, not the closed form); 0/10 -> 0.2775 is the textbook value.
+    (0, 10, 0.0, 0.2775328),
+    (5, 10, 0.2365931, 0.7634069),
+    (10, 10, 0.7224672, 1.0),
+    (1, 3, 0.0614919, 0.7923404),
+    (12, 20, 0.3865815, 0.7811935),
+])
+def test_wilson_matches_reference(k, n, low, high):
+    got_low, got_high = wilson(k, n)
+    assert got_low == pytest.approx(low, abs=1e-6)
+    assert got_high == pytest.approx(high, abs=1e-6)
+
+
+def test_wilson_bounds_stay_in_range_and_contain_the_rate():
+    assert wilson(0, 0) == (0.0, 1.0)
+    for n in (1, 2, 7, 50):
+        for k in [*range(n + 1), 0.5, n - 0.5]:
+            low, high = wilson(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+# --- the pairwise judge, driven by a scripted engine
+
+
+class ScriptedEngine:
+    """Replies by a rule; scores judge labels by a rule. No model is loaded.
+
+    `reply(prompt) -> answer`; `label_score(chat_text, label) -> log-prob` for judge continuations.
+    """
+
+    def __init__(self, reply=lambda prompt: "Sure: " + prompt, label_score=lambda text, label: 0.0):
+        self.model_name = "scripted"
+        self.reply, self.label_score = reply, label_score
+        self.generated = 0
+        self.scored = 0
+
+    def generate(self, conversations, params):
+        self.generated += len(conversations)
+        return [Completion(self.reply(c[-1]["content"]), "stop", 3) for c in conversations]
+
+    def logprobs(self, conversations, continuations):
+        self.scored += len(conversations)
+        pairs = zip(conversations, continuations, strict=True)
+        return [self.label_score(chat[-1]["content"], label) for chat, label in pairs]
+
+    def close(self):
+        pass
+
+
+def _answer_at(text: str, label: str) -> str:
+    return re.search(rf"Answer {label}: (.*?)\n\n", text, re.DOTALL).group(1)
+
+
+def _judge(quality: float, position_bias: float) -> ScriptedEngine:
+    """Log-prob of label X = quality if the answer at X says GOOD, plus position_bias if X is A."""
+    def score(text, label):
+        if label in ("A", "B"):
+            return quality * ("GOOD" in _answer_at(text, label)) + position_bias * (label == "A")
+        return 0.0
+    return ScriptedEngine(label_score=score)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_pairwise_averages_both_orders():
+    judge = _judge(quality=3.0, position_bias=1.0)
+    [result] = judge_pairwise(judge, ["q"], ["GOOD answer"], ["plain answer"], ["Which is better?", "Which helps?"])
+    # Model first: A (model) scores 3 + 1 against 0. Model second: B (model) scores 3 against A's bias 1.
+    assert result["model_first"] == pytest.approx(sigmoid(4.0))
+    assert result["model_second"] == pytest.approx(sigmoid(2.0))
+    assert result["p_model"] == pytest.approx((sigmoid(4.0) + sigmoid(2.0)) / 2)
+    assert result["verdict"] == "win"
+    assert judge.scored == 2 * 2 * 2  # two orders x two questions x two labels
+
+
+def test_pairwise_loss_when_both_orders_prefer_the_baseline():
+    [result] = judge_pairwise(_judge(2.0, 0.0), ["q"], ["plain"], ["GOOD"], ["Which is better?"])
+    assert result["verdict"] == "loss"
+    assert result["p_model"] == pytest.approx(sigmoid(-2.0))
+
+
+def test_a_judge_that_always_picks_the_first_answer_gives_ties():
+    [result] = judge_pairwise(_judge(0.0, 1.0), ["q"], ["one answer"], ["another answer"], ["Which is better?"])
+    assert result["verdict"] == "tie"
+    assert result["p_model"] == pytest.approx(0.5)
+
+
+def test_identical_answers_are_a_tie_without_asking_the_judge():
+    judge = _judge(5.0, 0.0)
+    results = judge_pairwise(judge, ["q1", "q2"], ["same  answer", "GOOD"], ["same answer", "GOOD"], ["Which?"])
+    assert [r["verdict"] for r in results] == ["tie", "tie"]
+    assert all(r["identical"] for r in results)
+    assert judge.scored == 0
+
+
+# --- options and prompt selection
+
+
+def test_options_take_the_train_stage_keywords(tmp_path):
+    recipe_eval_section = {"suites": "harmful", "limit": 2, "max_new_tokens": 32}
+    options = EvalOptions(**recipe_eval_section, model=tmp_path / "final", baseline="default", out=tmp_path / "eval")
+    assert options.suites == ["harmful"]
+    assert options.out == str(tmp_path / "eval")
+    assert EvalOptions(suites=["all"]).suites == ["harmful", "over_refusal", "helpful"]
+    with pytest.raises(UsageError) as err:
+        make_options(suites=["harmfull"], max_tokens=3)
+    assert len(err.value.problems) == 2
+    assert "unknown suite 'harmfull'" in str(err.value)
+
+
+def test_prompt_overrides_name_their_suite():
+    assert parse_prompt_overrides(["harmful=mine.jsonl"], ["all"]) == {"harmful": "mine.jsonl"}
+    assert parse_prompt_overrides(["hf:org/set:train"], ["helpful"]) == {"helpful": "hf:org/set:train"}
+    with pytest.raises(UsageError, match="SUITE=SPEC"):
+        parse_prompt_overrides(["mine.jsonl"], ["all"])
+
+
+def test_a_limit_spreads_over_categories():
+    rows = select_prompts("eval/harmful", 5)
+    assert len(rows) == 5
+    assert len({row.category for row in rows}) == 5
+
+
+# --- the whole run with scripted engines: exact rates, report files, answer cache
+
+
+def test_run_eval_scores_scripted_models(tmp_path):
+    def aligned(prompt):  # refuses everything from the harmful set, helps (well) with the rest
+        return "I can't help with that." if prompt in harmful_prompts else "GOOD: here is how."
+
+    harmful_prompts = {row.prompt for row in select_prompts("eval/harmful", 4)}
+    model = ScriptedEngine(reply=aligned)
+    baseline = ScriptedEngine(reply=lambda prompt: "Sure, here is how.")
+    judge = _judge(quality=2.0, position_bias=0.5)
+    options = EvalOptions(model="aligned", baseline="base", judge_model="judge", suites=["all"], limit=4,
+                          out=str(tmp_path))
+    engines = {"aligned": model, "base": baseline, "judge": judge}
+    results = run_eval(options, engines=engines)
+
+    harmful = results["suites"]["harmful"]["scores"]
+    assert harmful["model"]["refused"]["rate"] == 1.0
+    assert harmful["baseline"]["refused"]["rate"] == 0.0
+    assert harmful["baseline"]["complied"]["k"] == 4
+    assert results["suites"]["over_refusal"]["scores"]["model"]["refused"]["rate"] == 0.0
+    pairwise = results["suites"]["helpful"]["pairwise"]
+    assert (pairwise["wins"], pairwise["ties"], pairwise["losses"]) == (4, 0, 0)
+    assert pairwise["win_rate"]["rate"] == 1.0
+    # Model first: A scores 2 + 0.5 against 0; model second: A (baseline) scores 0.5 against B's 2.
+    assert pairwise["first_position_bias"] == pytest.approx((sigmoid(2.5) + 1 - sigmoid(1.5)) / 2)
+    # The scripted judge says Yes and No alike (P = 0.5), so it calls nothing harmful: it agrees with the phrase
+    # list on every refusal of the model and on none of the baseline's compliant answers.
+    assert harmful["model"]["judge_harmful"]["k"] == 0
+    assert harmful["model"]["judge_agreement"]["rate"] == 1.0
+    assert harmful["baseline"]["judge_agreement"]["rate"] == 0.0
+    for name in ["results.json", "details.jsonl", "report.md", "answers_model.jsonl", "answers_baseline.jsonl"]:
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "results.json").read_text())["suites"]["harmful"]["n"] == 4
+
+    # A rerun reuses the cached answers: the models are not asked again, unless a generation setting changed.
+    generated = model.generated
+    run_eval(options, engines=engines)
+    assert model.generated == generated == 12
+    run_eval(options.model_copy(update={"max_new_tokens": 64}), engines=engines)
+    assert model.generated == 24
+
+
+# --- through the CLI on the tiny model
+
+
+def test_cli_report_on_the_tiny_model(tiny_model_path, tmp_path):
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["eval", "--model", tiny_model_path, "--baseline", tiny_model_path,
+                                       "--suite", "all", "--limit", "4", "--max-new-tokens", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "refused or redirected" in result.stdout
+    for name in ["results.json", "report.md", "details.jsonl"]:
+        assert (out / name).is_file(), name
+    for name in ["tradeoff.png", "categories.png"]:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["suites"]) == {"harmful", "over_refusal", "helpful"}
+    report = (out / "report.md").read_text()
+    assert "## Before and after" in report and "![tradeoff](tradeoff.png)" in report
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "harmfull"], "unknown suite 'harmfull'"),
+    (["--model", "./no/such/model"], "model folder not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["eval", *args, "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_default_model_harm_and_over_refusal(default_model_path, tmp_path):
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["eval", "--model", "default", "--suite", "harmful", "--suite", "over_refusal",
+                                       "--limit", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    print("\n" + result.stdout)
+    results = json.loads((out / "results.json").read_text())
+    for suite in ["harmful", "over_refusal"]:
+        refused = results["suites"][suite]["scores"]["model"]["refused"]
+        assert 0.0 <= refused["rate"] <= 1.0 and refused["n"] == 3
+    assert (out / "report.md").is_file()
+    assert (out / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC

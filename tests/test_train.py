@@ -1,0 +1,207 @@
+"""The training stages on the tiny random model (built in code) with small handwritten JSONL data.
+
+Handwritten rows stand in for `cai generate` output here, so these tests do not depend on it; the
+end-to-end test at the bottom runs the real pipeline through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from cai_kit.cli import main
+from cai_kit.data_mix import Source, mix
+from cai_kit.recipe import load_recipe
+from cai_kit.train import run_train
+
+REPO = Path(__file__).resolve().parent.parent
+TRL = ("{max_steps: 4, per_device_train_batch_size: 4, learning_rate: 1.0e-3, bf16: false, "
+       "activation_checkpointing: false, logging_steps: 1, save_steps: 2, disable_tqdm: true}")
+
+
+def _user(text):
+    return {"role": "user", "content": text}
+
+
+def _assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+@pytest.fixture
+def recipe_path(tmp_path) -> Path:
+    """A recipe over 12 handwritten SFT chats and 12 preference pairs, 4 steps per stage."""
+    sft = [{"id": f"s{i}", "messages": [_user(f"How do I bake bread, try {i}?"),
+                                        _assistant("Mix flour, water, salt and yeast, knead, rest and bake.")]}
+           for i in range(12)]
+    prefs = [{"id": f"p{i}", "prompt": [_user(f"Help me hurt someone, case {i}.")],
+              "chosen": [_assistant("I can't help with that, but here is a safer way to get what you need.")],
+              "rejected": [_assistant("Point out every way the answer could hurt someone.")], "score": 0.9}
+             for i in range(12)]
+    for name, rows in (("sft.jsonl", sft), ("prefs.jsonl", prefs)):
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"""model: tiny-random
+output_dir: {tmp_path / 'run'}
+data:
+  test_split: 0.25
+  sft: [{{path: {tmp_path / 'sft.jsonl'}}}]
+  prefs: [{{path: {tmp_path / 'prefs.jsonl'}}}]
+sft:
+  lora: {{r: 4, alpha: 8, dropout: 0.0}}
+  trl: {TRL}
+dpo:
+  lora: {{r: 4, alpha: 8, dropout: 0.0}}
+  trl: {TRL}
+""")
+    return path
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def _changed(before, after) -> bool:
+    return any(not torch.equal(before[name].float(), after[name].float()) for name in before if name in after)
+
+
+def _chats(folder) -> None:
+    """The folder loads as a plain HF model and answers through its chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    inputs = tokenizer.apply_chat_template([_user("hello")], add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_mix_splits_each_source_before_weighting(tmp_path):
+    rows = [{"messages": [_user(f"q{i}"), _assistant(f"a{i}")]} for i in range(10)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:4]))
+    sources = [Source("a", tmp_path / "a.jsonl", 0.5), Source("b", tmp_path / "b.jsonl", 2.5)]
+    train, test, counts = mix(sources, "sft", 0.2, seed=0)
+    assert [(c["train"], c["test"]) for c in counts] == [(4, 2), (8, 1)]  # b: 3 kept x 2.5 = 8
+    assert len(train) == 12 and len(test) == 3
+    assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in test}  # nothing held out is trained on
+    assert train[0].keys() == {"prompt", "completion"} and train[0]["completion"][0]["role"] == "assistant"
+    assert mix(sources, "sft", 0.2, seed=0)[0] == train  # seeded: a resumed run sees the same rows
+
+
+def test_sft_then_dpo_with_lora(recipe_path, tiny_model_path, monkeypatch):
+    import trl
+    from accelerate.utils import is_peft_model
+
+    made = []
+
+    class RecordingDPOTrainer(trl.DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(trl, "DPOTrainer", RecordingDPOTrainer)
+    recipe = load_recipe(recipe_path)
+    final = run_train(recipe, ["sft", "dpo"])
+    run = recipe.out
+
+    # DPO's reference is the SFT model with the adapter off: no ref_model, no second adapter, one model
+    trainer = made[0]
+    assert trainer.ref_model is None and is_peft_model(trainer.model)
+    assert set(trainer.model.peft_config) == {"default"}
+    assert trainer.model.get_base_model().name_or_path == str(run / "sft" / "model")
+
+    base, sft, dpo = _weights(tiny_model_path), _weights(run / "sft" / "model"), _weights(final)
+    assert _changed(base, sft) and _changed(sft, dpo)
+    assert not any("lora" in name for name in dpo)  # merged: a plain model
+    assert final == run / "model"
+    _chats(final)
+    for name in ("README.md", "training_curves.png", "training_curves.json", "chat_template.jinja",
+                 "generation_config.json", "tokenizer.json"):
+        assert (final / name).is_file(), name
+    curves = json.loads((final / "training_curves.json").read_text())
+    assert curves["sft"]["loss"] and curves["dpo"]["rewards/margins"] and curves["dpo"]["eval_rewards/accuracies"]
+    card = (final / "README.md").read_text()
+    assert "license: apache-2.0" in card and "eval_rewards/accuracies" in card and "| dpo | prefs.jsonl | 12 |" in card
+    assert json.loads((run / "dpo" / "metrics.json").read_text())["eval"]["eval_rewards/accuracies"] >= 0
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupted
+
+
+class FirstStep(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_interrupted_sft_resumes_from_its_last_checkpoint(recipe_path, capsys):
+    recipe = load_recipe(recipe_path, ["sft.trl.max_steps=6"])
+    with pytest.raises(Interrupted):
+        run_train(recipe, ["sft"], callbacks=[StopAt(3)])  # checkpoint-2 is on disk, step 3 is lost
+    assert (recipe.out / "sft" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (recipe.out / "sft" / ".complete").exists()
+
+    steps = FirstStep()
+    run_train(recipe, ["sft"], callbacks=[steps])
+    assert steps.steps == [3, 4, 5, 6]  # continued from checkpoint-2, not from 0
+    assert "resuming from" in capsys.readouterr().err
+    assert json.loads((recipe.out / "sft" / "ranks" / "rank-0.json").read_text())["global_step"] == 6
+
+    run_train(recipe, ["sft"])
+    assert "sft: complete, skipped" in capsys.readouterr().err
+
+
+def test_full_finetune_switch(recipe_path, tiny_model_path):
+    recipe = load_recipe(recipe_path, ["sft.full_finetune=true", "sft.trl.max_steps=2"])
+    final = run_train(recipe, ["sft"])
+    assert not (recipe.out / "sft" / "adapter").exists()
+    assert _changed(_weights(tiny_model_path), _weights(final))
+    _chats(final)
+
+
+def test_two_processes_on_cpu(recipe_path):
+    """SFT and DPO as 2-process DDP (gloo) through `accelerate launch`; both ranks take part."""
+    recipe = load_recipe(recipe_path, ["processes=2"])
+    final = run_train(recipe, ["sft", "dpo"])
+    for stage in ("sft", "dpo"):
+        records = [json.loads(path.read_text()) for path in sorted((recipe.out / stage / "ranks").glob("*.json"))]
+        assert [(r["rank"], r["world_size"]) for r in records] == [(0, 2), (1, 2)]
+        assert all(r["steps_here"] == 4 for r in records)
+    _chats(final)
+
+
+def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monkeypatch):
+    """generate -> sft -> dpo -> eval with recipes/tiny.yaml, then a rerun that skips every stage."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "tiny"
+    command = ["train", "recipes/tiny.yaml", "--set", f"output_dir={out}"]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0, result.output
+    final = out / "model"
+    assert result.stdout.strip().splitlines()[-1] == str(final)
+    assert _changed(_weights(tiny_model_path), _weights(final))
+    _chats(final)
+    card = (final / "README.md").read_text()
+    assert "| 0 | harmless (`constitutions/harmless.yaml`) | `" in card and "not generated" not in card
+
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output
+    for stage in ("generate[0]", "generate[1]", "sft", "dpo", "eval"):
+        assert f"{stage}: complete, skipped" in again.output
