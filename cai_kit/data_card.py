@@ -71,7 +71,7 @@ def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, An
         "",
         "- `generations.jsonl`: every prompt with its whole trace and `status`",
         "- `sft.jsonl`: kept rows, TRL conversational format (`messages`)",
-        "- `prefs.jsonl`: kept rows as preference pairs (`prompt`, `chosen` = final revision, `rejected` = first answer)",
+        "- `prefs.jsonl`: kept rows as pairs (`prompt`, `chosen` = final revision, `rejected` = first answer)",
         "- `manifest.json`: the exact options, versions and seeds",
         "",
         "## Licence notes",

@@ -82,7 +82,7 @@ class DataSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sft: list[DataFile] = Field(default_factory=list)  # rows {"messages": [...]}
+    sft: list[DataFile] = Field(default_factory=list)  # rows {"messages": [...]} or {"prompt", "completion"}
     prefs: list[DataFile] = Field(default_factory=list)  # rows {"prompt", "chosen", "rejected"}
     test_split: float = Field(default=0.1, ge=0.0, lt=1.0)
 
