@@ -49,14 +49,15 @@ def make_data(folder: Path, rows: int, seed: int = 0) -> None:
     rng.shuffle(prompts)
 
     def answer() -> str:
-        return " ".join(FILLER[: rng.randint(20, len(FILLER))])
+        words = FILLER[: rng.randint(20, len(FILLER))]
+        return " ".join(rng.sample(words, len(words)))  # shuffled: chosen and rejected differ, lengths alike
 
     sft, prefs = [], []
     for index, prompt in enumerate(prompts[:rows]):
         user = {"role": "user", "content": prompt}
         sft.append({"id": str(index), "messages": [user, {"role": "assistant", "content": answer()}]})
         prefs.append({"id": str(index), "prompt": [user], "chosen": [{"role": "assistant", "content": answer()}],
-                      "rejected": [{"role": "assistant", "content": answer()[::-1]}]})
+                      "rejected": [{"role": "assistant", "content": answer()}]})
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in (("sft.jsonl", sft), ("prefs.jsonl", prefs)):
         (folder / name).write_text("".join(json.dumps(row) + "\n" for row in data), encoding="utf-8")
@@ -88,8 +89,8 @@ def _ours(stage: str, model: str, work: Path) -> float:
                  f"data.sft=[{{path: {data / 'sft.jsonl'}}}]", f"data.prefs=[{{path: {data / 'prefs.jsonl'}}}]",
                  "sft.enabled=false" if stage == "dpo" else "dpo.enabled=false"]
     for section in ("sft", "dpo"):
-        overrides += [f"{section}.trl.num_train_epochs=1", f"{section}.trl.eval_strategy=no",
-                      f"{section}.trl.save_strategy=no", f"{section}.trl.disable_tqdm=true"]
+        overrides += [f"{section}.trl.num_train_epochs=1", f"{section}.trl.eval_strategy='no'",
+                      f"{section}.trl.save_strategy='no'", f"{section}.trl.disable_tqdm=true"]
     recipe = load_recipe(REPO / "recipes" / "zephyr_cai.yaml", overrides)
     prepare_data(recipe, stage)
     return float(fit(recipe, stage)["train"]["train_runtime"])

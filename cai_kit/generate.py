@@ -51,6 +51,7 @@ class GenerateOptions(BaseModel):
     temperature: float = Field(0.0, ge=0.0)
     repetition_penalty: float = Field(1.1, ge=1.0)  # small models loop when greedy; 1.0 turns it off
     few_shot: int = Field(2, ge=0)  # examples placed before each critique/revision conversation
+    match_examples: bool = False  # True: the sampled principle's own examples (no shared prefix: slower on CPU)
     filters: list[str] = Field(default_factory=lambda: list(FILTERS))
     force_new: bool = False
     trust_remote_code: bool = False
@@ -64,10 +65,14 @@ def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
 
-def few_shot_turns(constitution: Constitution, principle: Principle, k: int) -> Conversation:
-    """The constitution's demonstrations as earlier turns of the same chat, in the model's own template."""
+def few_shot_turns(constitution: Constitution, principle: Principle, k: int, match: bool = False) -> Conversation:
+    """The constitution's demonstrations as earlier turns of the same chat, in the model's own template.
+
+    By default the first k examples of the file, the same for every prompt, so the engine computes
+    their KV cache once per batch; `match` shows the sampled principle's own examples first instead.
+    """
     turns: Conversation = []
-    for example in constitution.examples_for(principle, k):
+    for example in constitution.examples_for(principle, k) if match else constitution.examples[:k]:
         shown = constitution.get(example.principle) if example.principle else principle
         turns += [
             _user(example.prompt),

@@ -59,6 +59,8 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
         name = manifest.get("constitution", Path(run.constitution).stem)
         sha256 = manifest.get("constitution_sha256", "not generated")
         lines.append(f"| {index} | {name} (`{run.constitution}`) | `{sha256}` | {sources} |")
+    if not recipe.generate:
+        lines.append("| - | none: trained on data files only | | |")
     lines += ["", "## Data", "", "| stage | source | rows | weight | train | test |",
               "| --- | --- | --- | --- | --- | --- |"]
     for stage in ("sft", "dpo"):

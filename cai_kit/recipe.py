@@ -286,7 +286,8 @@ def _build(stage: str, given: dict[str, Any], seed: int, trust_remote_code: bool
             try:
                 values[key] = TypeAdapter(hints[key]).validate_python(value)
             except ValidationError as err:
-                problems.append((key_path, f"{err.errors()[0]['msg']} (got {value!r})"))
+                quote = " (YAML reads no/yes/off/on as booleans: quote it, 'no')" if isinstance(value, bool) else ""
+                problems.append((key_path, f"{err.errors()[0]['msg']} (got {value!r}){quote}"))
     values["output_dir"] = str(out / stage / "checkpoints")
     try:
         # Built even after a problem above (the good keys only), so its own complaints show too.

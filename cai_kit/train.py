@@ -66,9 +66,10 @@ def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
         if stage in chosen and getattr(recipe, stage).enabled:
             train_stage(recipe, stage, callbacks)
     final = final_model(recipe)
-    results = eval_stage(recipe, final) if "eval" in chosen and final is not None else None
     if final is None:
+        log("no trained model yet (run the sft or dpo stage)" + ("; eval skipped" if "eval" in chosen else ""))
         return recipe.out
+    results = eval_stage(recipe, final) if "eval" in chosen else None
     from cai_kit.model_card import write_model_card
 
     write_model_card(recipe, final, results)

@@ -73,16 +73,18 @@ def test_broken_recipe_gives_one_line_per_problem(tmp_path):
     assert len(lines) == 3  # the missing file shows once the schema errors are fixed
 
 
-def test_missing_data_file_and_bad_trl_value(tmp_path):
+def test_missing_data_file_and_bad_trl_values(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("data:\n  prefs:\n    - path: gone.jsonl\ndpo:\n  trl:\n    beta: high\n"
-                    "    lr_scheduler_type: cosin\n")
-    with pytest.raises(UsageError) as caught:
-        load_recipe(path)
-    problems = caught.value.problems
-    assert problems[0] == f"{path}:3: data.prefs[0].path: file not found: gone.jsonl"
-    assert any(p.startswith(f"{path}:6: dpo.trl.beta: Input should be a valid number") for p in problems)
-    assert any(p.startswith(f"{path}:7: dpo.trl.lr_scheduler_type: cosin is not a valid") for p in problems)
+                    "    lr_scheduler_type: cosin\n    eval_strategy: no\n")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 4
+    assert lines[0] == f"error: {path}:3: data.prefs[0].path: file not found: gone.jsonl"
+    assert lines[1].startswith(f"error: {path}:6: dpo.trl.beta: Input should be a valid number")
+    assert lines[2].startswith(f"error: {path}:7: dpo.trl.lr_scheduler_type: cosin is not a valid SchedulerType")
+    assert lines[3].startswith(f"error: {path}:8: dpo.trl.eval_strategy: ") and "quote it" in lines[3]
 
 
 def test_generate_run_may_not_set_model_or_out(tmp_path):

@@ -83,7 +83,8 @@ def _chats(folder) -> None:
 def test_mix_splits_each_source_before_weighting(tmp_path):
     rows = [{"messages": [_user(f"q{i}"), _assistant(f"a{i}")]} for i in range(10)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:4]))
+    other = [{"prompt": [_user(f"x{i}")], "completion": [_assistant(f"y{i}")]} for i in range(4)]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(row) + "\n" for row in other))
     sources = [Source("a", tmp_path / "a.jsonl", 0.5), Source("b", tmp_path / "b.jsonl", 2.5)]
     train, test, counts = mix(sources, "sft", 0.2, seed=0)
     assert [(c["train"], c["test"]) for c in counts] == [(4, 2), (8, 1)]  # b: 3 kept x 2.5 = 8

@@ -54,15 +54,17 @@ class Engine(Protocol):
 # name -> (module, class, pip extra that provides its dependency)
 ENGINES: dict[str, tuple[str, str, str | None]] = {
     "transformers": ("cai_kit.engines.transformers", "TransformersEngine", None),
-    "vllm": ("cai_kit.engines.vllm", "VLLMEngine", "vllm"),
-    "openai": ("cai_kit.engines.openai", "OpenAIEngine", None),
 }
+# Backends the contract is designed for but that are not written yet.
+PLANNED = {"vllm": "in-process vllm", "openai": "any OpenAI-compatible server"}
 
 
 def load_engine(name: str, model: str, **options: Any) -> Engine:
     """Build the engine `name` for `model`; options are the engine's own keyword arguments."""
     if name == "auto":
-        name = "vllm" if _vllm_usable() else "transformers"
+        name = "vllm" if "vllm" in ENGINES and _vllm_usable() else "transformers"
+    if name in PLANNED:
+        raise UsageError(f"engine {name!r} ({PLANNED[name]}) is not in this version; use transformers")
     if name not in ENGINES:
         raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(['auto', *ENGINES])}")
     module_name, class_name, extra = ENGINES[name]

@@ -7,6 +7,7 @@ faster than fp32 on a 2-core CPU at batch 64 (FINDINGS.md).
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,19 @@ def pick_dtype(dtype: str):
     }[dtype]
 
 
+MIN_PREFIX = 32  # shorter shared prefixes are not worth a separate forward pass
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    first, length = rows[0], min(len(r) for r in rows)
+    for row in rows[1:]:
+        k = 0
+        while k < length and row[k] == first[k]:
+            k += 1
+        length = k
+    return length
+
+
 class TransformersEngine:
     def __init__(
         self,
@@ -46,6 +60,7 @@ class TransformersEngine:
         trust_remote_code: bool = False,
         device: str | None = None,
         progress: bool = True,
+        prefix_cache: bool = True,
     ):
         import torch
 
@@ -58,6 +73,9 @@ class TransformersEngine:
         self.model_name = model
         self.batch_size = batch_size
         self.progress = progress
+        self.prefix_cache = prefix_cache
+        self._prefix_key: list[int] | None = None
+        self._prefix_kv = None
         self.tokenizer.padding_side = "left"
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -75,6 +93,44 @@ class TransformersEngine:
     def _encode(self, texts: list[str]) -> list[list[int]]:
         # The chat template already holds any BOS token; adding special tokens again would double it.
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _batch_inputs(self, rows: list[list[int]]) -> dict:
+        """Model inputs for one batch, reusing the KV cache of the prefix all rows share.
+
+        On a CPU the prefill dominates: every critique and revision carries the same few-shot
+        demonstrations (~600 tokens), which a plain batch recomputes for every row. Here the shared
+        prefix runs once and its cache is copied across the batch (vllm's prefix caching does the
+        same on GPUs). Padding goes between the prefix and each row's own suffix; position ids come
+        from the attention mask, so every token keeps the position it would have unpadded.
+        """
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        shared = _common_prefix_length(rows)
+        shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps a token to feed the model
+        if not self.prefix_cache or shared < MIN_PREFIX:
+            width = max(len(r) for r in rows)
+            ids = [[pad] * (width - len(r)) + r for r in rows]
+            mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+            return {
+                "input_ids": torch.tensor(ids, device=self.device),
+                "attention_mask": torch.tensor(mask, device=self.device),
+            }
+        prefix = rows[0][:shared]
+        if self._prefix_key != prefix:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            self._prefix_key, self._prefix_kv = prefix, getattr(out, "cache", None) or out.past_key_values
+        cache = copy.deepcopy(self._prefix_kv)
+        cache.batch_repeat_interleave(len(rows))
+        width = max(len(r) - shared for r in rows)
+        ids = [prefix + [pad] * (width - len(r) + shared) + r[shared:] for r in rows]
+        mask = [[1] * shared + [0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows]
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+            "cache": cache,
+        }
 
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
         import torch
@@ -94,9 +150,7 @@ class TransformersEngine:
         started, produced = time.perf_counter(), 0
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
-                self.device
-            )
+            inputs = self._batch_inputs([encoded[i] for i in batch])
             sampling = params.temperature > 0
             if sampling:
                 torch.manual_seed(params.seed + start)
