@@ -208,7 +208,9 @@ def _override_path_problem(data: dict[str, Any], parts: list[str | int]) -> str:
         elif origin is list:
             items = node if isinstance(node, list) else []
             if not isinstance(part, int) or part >= len(items):
-                return f"{here}: the recipe has {len(items)} item(s) there; use an index below that"
+                whole = format_key_path(tuple(parts[:depth]))
+                return (f"{here}: the recipe has {len(items)} item(s) there; "
+                        f"use an index below that or set {whole}=[...]")
             schema = _unwrap(typing.get_args(schema)[0])
         else:
             return ""  # inside a free-form mapping (trl, eval, engine_options): its owner checks the keys

@@ -38,6 +38,7 @@ from cai_kit.errors import UsageError
 from cai_kit.recipe import STAGES, Recipe, dump_recipe, load_recipe, trl_config
 
 MARKER = ".complete"
+LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
 
 
 def log(message: str) -> None:
@@ -193,9 +194,8 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     if trainer.is_world_process_zero():
         (folder / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str) + "\n")
-        log(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in {**metrics["train"], **metrics.get("eval", {})}.items()
-                                     if k in ("train_loss", "eval_loss", "eval_rewards/accuracies",
-                                              "eval_rewards/margins", "train_runtime")))
+        shown = {**metrics["train"], **metrics.get("eval", {})}
+        log(f"{stage}: " + ", ".join(f"{key} {shown[key]:.4g}" for key in LOGGED if key in shown))
     del trainer
     gc.collect()
     if PartialState().is_main_process:

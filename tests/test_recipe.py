@@ -120,7 +120,8 @@ def test_bad_set_paths(tmp_path):
         load_recipe(path, ["sed=1", "generate.2.limit=1", "sft.lora.rank=4", "noequals", "sft.trl.max_seq_length=9"])
     assert caught.value.problems == [
         "--set sed=1: unknown key sed (did you mean 'seed'?)",
-        "--set generate.2.limit=1: generate[2]: the recipe has 1 item(s) there; use an index below that",
+        "--set generate.2.limit=1: generate[2]: the recipe has 1 item(s) there; use an index below that or set "
+        "generate=[...]",
         "--set sft.lora.rank=4: unknown key sft.lora.rank",
         "--set noequals: expected key.path=value",
     ]  # the TRL key is checked with the config, after the path problems are fixed
