@@ -24,16 +24,13 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _flat_numbers(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Numeric leaves of a nested results dict, as (dotted key, value), for a compact table."""
-    found = []
-    for key, value in results.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            found += _flat_numbers(value, f"{name}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.append((name, value))
-    return found
+def _eval_summary(results: dict[str, Any]) -> str:
+    try:
+        from cai_kit.eval_report import summary_table
+
+        return summary_table(results)
+    except (ImportError, KeyError, TypeError):
+        return "(see the eval report)"
 
 
 def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] | None = None) -> Path:
@@ -73,7 +70,8 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
         merged = {**metrics.get("train", {}), **metrics.get("eval", {})}
         lines += [f"| {stage} | {key} | {_number(merged[key])} |" for key in SHOWN_METRICS if key in merged]
     if eval_results:
-        lines += [f"| eval | {key} | {_number(value)} |" for key, value in _flat_numbers(eval_results)[:40]]
+        lines += ["", "## Evaluation against the base model", "", _eval_summary(eval_results), "",
+                  f"The full report: `{out / 'eval' / 'report.md'}`."]
     if (folder / "training_curves.png").is_file():
         lines += ["", "## Training curves", "", "![training curves](training_curves.png)",
                   "", "Values: `training_curves.json`."]
