@@ -19,16 +19,22 @@ Model = TypeVar("Model", bound=BaseModel)
 KeyPath = tuple[str | int, ...]
 
 
-def _line_map(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
+def _line_map(
+    node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], duplicates: list[tuple[KeyPath, int]]
+) -> None:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
             key_path = (*path, str(key_node.value))
-            _line_map(value_node, key_path, lines)
+            if str(key_node.value) in seen:  # safe_load would silently keep the last one
+                duplicates.append((key_path, key_node.start_mark.line + 1))
+            seen.add(str(key_node.value))
+            _line_map(value_node, key_path, lines, duplicates)
             lines[key_path] = key_node.start_mark.line + 1  # point at the key, not its value
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _line_map(item, (*path, index), lines)
+            _line_map(item, (*path, index), lines, duplicates)
 
 
 def read_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
@@ -36,7 +42,10 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}:1: not a UTF-8 text file") from None
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -46,8 +55,11 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UsageError(f"{path}:{line}: invalid YAML: {problem}") from None
     lines: dict[KeyPath, int] = {}
+    duplicates: list[tuple[KeyPath, int]] = []
     if node is not None:
-        _line_map(node, (), lines)
+        _line_map(node, (), lines, duplicates)
+    if duplicates:
+        raise UsageError([f"{path}:{line}: {format_key_path(key)}: duplicate key" for key, line in duplicates])
     return data, lines
 
 

@@ -51,7 +51,7 @@ class EvalOptions(BaseModel):
 
     model: str = "default"
     baseline: str | None = None  # the model before training; needed for the helpful win rate
-    suites: list[str] = Field(default_factory=lambda: ["all"])
+    suites: list[str] = Field(default_factory=lambda: list(SUITES))
     prompts: dict[str, str] = Field(default_factory=dict)  # suite -> any spec load_prompts takes
     limit: int | None = Field(None, ge=0)  # per suite, spread over categories; None or 0: all
     judge_model: str | None = None  # harm/refusal judge; also the pairwise judge (else the baseline)

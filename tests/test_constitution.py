@@ -270,3 +270,20 @@ def test_examples_for_prefers_own_then_general_then_others():
     ]
     assert [e.prompt for e in constitution.examples_for(p0, 3)] == ["own1", "own2", "general1"]
     assert constitution.examples_for(p0, 0) == []
+
+
+def test_duplicate_keys_and_binary_files_are_one_line_each(tmp_path):
+    from cai_kit.config_file import read_yaml
+    from cai_kit.errors import UsageError
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "name: a\nprinciples:\n  - name: p\n    critique: c\n    revision: r\n    weight: 1\n    weight: 2\n"
+    )
+    with pytest.raises(UsageError) as err:
+        read_yaml(path)
+    assert err.value.problems == [f"{path}:7: principles[0].weight: duplicate key"]
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(UsageError, match="not a UTF-8 text file"):
+        read_yaml(binary)

@@ -236,3 +236,9 @@ def test_default_model_harm_and_over_refusal(default_model_path, tmp_path):
         assert 0.0 <= refused["rate"] <= 1.0 and refused["n"] == 3
     assert (out / "report.md").is_file()
     assert (out / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_default_suites_are_all_three():
+    from cai_kit.evaluate import SUITES, EvalOptions
+
+    assert EvalOptions().suites == SUITES
