@@ -175,6 +175,7 @@ def env() -> None:
 @click.option(
     "--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique."
 )
+@click.option("--push-to-hub", metavar="REPO", help="Upload the finished folder as a dataset repo (token: HF_TOKEN).")
 @click.option("--match-examples", is_flag=True, help="Show the sampled principle's own examples first (slower).")
 @click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")

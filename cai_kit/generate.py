@@ -55,6 +55,7 @@ class GenerateOptions(BaseModel):
     filters: list[str] = Field(default_factory=lambda: list(FILTERS))
     force_new: bool = False
     trust_remote_code: bool = False
+    push_to_hub: str | None = None  # a dataset repo id; the token comes from HF_TOKEN, never from options
 
 
 def _user(text: str) -> dict[str, str]:
@@ -168,6 +169,21 @@ def _manifest(options: GenerateOptions, constitution: Constitution, prompts: lis
     }
 
 
+def push_folder(path: Path, repo_id: str) -> None:
+    """Upload a finished run folder as a Hugging Face dataset (sft and prefs configs, card, manifest)."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()  # reads HF_TOKEN from the environment; the token is never printed or stored
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        api.upload_folder(folder_path=str(path), repo_id=repo_id, repo_type="dataset")
+    except Exception as err:  # the rows are safe on disk; say so instead of a traceback
+        raise UsageError(
+            f"--push-to-hub {repo_id}: upload failed ({str(err).splitlines()[0][:200]}); the run is complete in {path}"
+        ) from None
+    print(f"pushed {path} to the dataset repo {repo_id}", file=sys.stderr)
+
+
 def default_out(constitution_path: str) -> str:
     return str(Path("runs") / f"{Path(constitution_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
 
@@ -229,4 +245,6 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
         bar.close()
     write_card(folder, constitution, options, rows)
     print_summary(folder, rows, time.perf_counter() - started)
+    if options.push_to_hub:
+        push_folder(folder.path, options.push_to_hub)
     return folder.path

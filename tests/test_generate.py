@@ -347,3 +347,34 @@ def test_default_model_writes_a_row(setup, default_model_path):
     assert result.returncode == 0, result.stderr
     rows = read(out / "generations.jsonl")
     assert len(rows) == 2 and all(r["initial"] and r["steps"][0]["critique"] for r in rows)
+
+
+def test_push_to_hub_uploads_the_finished_folder(setup, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, repo_type, exist_ok):
+            calls.append(("create", repo_id, repo_type))
+
+        def upload_folder(self, folder_path, repo_id, repo_type):
+            calls.append(("upload", sorted(p.name for p in Path(folder_path).iterdir()), repo_type))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    run_generate(options(setup, push_to_hub="me/cai-data"), engine=ScriptedEngine())
+    assert calls[0] == ("create", "me/cai-data", "dataset")
+    assert calls[1][0] == "upload" and "sft.jsonl" in calls[1][1] and calls[1][2] == "dataset"
+
+
+def test_failed_push_keeps_the_rows_and_is_one_line(setup, monkeypatch):
+    class BrokenApi:
+        def create_repo(self, *args, **kwargs):
+            raise OSError("could not connect")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", BrokenApi)
+    with pytest.raises(UsageError, match="upload failed .*the run is complete in"):
+        run_generate(options(setup, push_to_hub="me/cai-data"), engine=ScriptedEngine())
+    assert len(read(Path(setup[2]) / "generations.jsonl")) == 6
