@@ -173,6 +173,13 @@ def env() -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, help="0 is greedy.")
 @click.option(
+    "--pairs",
+    multiple=True,
+    type=click.Choice(["revision", "contrast"]),
+    help="How preference pairs are made: revision (critique/revision, SL-CAI) or contrast (answers steered "
+    "towards and away from a principle, RLCD). Repeatable.  [default: revision]",
+)
+@click.option(
     "--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique."
 )
 @click.option("--push-to-hub", metavar="REPO", help="Upload the finished folder as a dataset repo (token: HF_TOKEN).")
@@ -191,6 +198,7 @@ def generate(**kwargs) -> None:
     from cai_kit.generate import GenerateOptions, run_generate
 
     kwargs["prompts"] = list(kwargs["prompts"]) or None
+    kwargs["pairs"] = list(kwargs["pairs"]) or None
     kwargs["constitution"] = str(kwargs["constitution"])
     out = run_generate(GenerateOptions(**{k: v for k, v in kwargs.items() if v is not None}))
     click.echo(str(out))

@@ -15,6 +15,17 @@ LICENCE_NOTE = (
 )
 
 
+PAIR_TEXT = {
+    "revision": "Revision rows (ids without a suffix), written by cai-kit `cai generate`: the model answered each "
+    "prompt, critiqued its answer against a principle sampled from the constitution, and revised it "
+    "(Bai et al. 2022, SL-CAI); `final` is the revision, `initial` the first answer.",
+    "contrast": "Contrast rows (ids ending `:contrast`), written by cai-kit `cai generate --pairs contrast`: "
+    "the model answered each prompt twice, steered towards and away from a principle sampled from the constitution "
+    "(Yang et al. 2023, RLCD); `final` is the answer steered towards it, `initial` the one steered away. "
+    "The steering text is not in the data.",
+}
+
+
 def principle_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per principle: how often it was used, and how often rows that used it were kept or filtered."""
     stats: dict[str, dict[str, int]] = {}
@@ -45,8 +56,7 @@ def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, An
         "---",
         f"# {constitution.name}: self-critiqued and revised answers",
         "",
-        "Written by cai-kit `cai generate`: the model answered each prompt, critiqued its",
-        "answer against a principle sampled from the constitution, and revised it (Bai et al. 2022, SL-CAI).",
+        *[PAIR_TEXT[mode] for mode in options.pairs],
         "",
         f"- model: `{options.model}` (licence: {licence})",
         f"- constitution: `{constitution.name}` ({options.constitution}), sha256 `{constitution.sha256}`",
@@ -71,7 +81,7 @@ def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, An
         "",
         "- `generations.jsonl`: every prompt with its whole trace and `status`",
         "- `sft.jsonl`: kept rows, TRL conversational format (`messages`)",
-        "- `prefs.jsonl`: kept rows as pairs (`prompt`, `chosen` = final revision, `rejected` = first answer)",
+        "- `prefs.jsonl`: kept rows as pairs (`prompt`, `chosen` = `final`, `rejected` = `initial`)",
         "- `manifest.json`: the exact options, versions and seeds",
         "",
         "## Licence notes",

@@ -22,9 +22,13 @@ _PREAMBLE = re.compile(
 # Text that talks about the exercise rather than to the user.
 _ARTEFACT = re.compile(
     r"\b(?:critique|the (?:original|previous|revised|initial) (?:response|answer)|revised (?:response|answer)"
-    r"|the assistant'?s (?:last |previous )?(?:response|answer))\b",
+    r"|the assistant'?s (?:last |previous )?(?:response|answer))\b"
+    # An opening that judges an answer ("This answer is not accurate", "Your answer was too long",
+    # "The answer refuses ..."): small models write these instead of a reply to the user.
+    r"|^\s*(?:this|the|your|my|that) (?:answer|response|reply|revision)\b",
     re.IGNORECASE,
 )
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 UNCHANGED_SIMILARITY = 0.9
 
 
@@ -36,6 +40,23 @@ def clean_answer(text: str) -> str:
     if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text
+
+
+def trim_to_sentence(text: str, min_chars: int = 20) -> str:
+    """Cut an answer that hit the token limit back to its last full sentence; "" when none is left.
+
+    A reply cut mid-sentence teaches the model to stop mid-sentence; one cut at a sentence end is a
+    shorter but whole reply, so the row need not be thrown away.
+    """
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    kept = text[: ends[-1]].strip() if ends else ""
+    return kept if len(kept) >= min_chars else ""
+
+
+def first_sentences(text: str, n: int) -> str:
+    """The first n sentences of text (all of it when it has no more than n)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[n - 1]].strip() if len(ends) > n else text
 
 
 def normalise(text: str) -> str:

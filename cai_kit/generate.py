@@ -19,16 +19,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_kit.constitution import Constitution, Principle, load_constitution
 from cai_kit.engines import Conversation, Engine, GenParams, load_engine
 from cai_kit.errors import UsageError
-from cai_kit.filters import clean_answer, normalise, row_status
+from cai_kit.filters import clean_answer, first_sentences, normalise, row_status, trim_to_sentence
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
+from cai_kit.refusal import is_refusal
 from cai_kit.run_folder import RunFolder
 
 DEFAULT_PROMPTS = ["red_team", "helpful"]
 DEFAULT_LIMIT = 48  # keeps the bare quickstart near 5 minutes on a 2-core CPU; --limit 0 lifts it
-FILTERS = ["empty", "truncated", "artefact", "unchanged", "refusal", "duplicate"]
+FILTERS = ["empty", "truncated", "artefact", "unchanged", "refusal", "no_contrast", "duplicate"]
 # Principles with these tags ask the model to keep helping: a revision under them that refuses failed.
 HELPING_TAGS = {"over_refusal", "over-refusal", "helpfulness"}
+# How each prompt becomes a preference pair: `revision` (SL-CAI: chosen = the final revision, rejected =
+# the first answer) or `contrast` (RLCD: chosen and rejected are answers steered towards and away from
+# the sampled principle). Rows of a mode other than `revision` get the id `<prompt id>:<mode>`.
+PAIR_MODES = ["revision", "contrast"]
+# Contrast mode: the rejected answer for a principle that asks the model to keep helping opens with
+# this, so the pair teaches "do not refuse this" (Yang et al. 2023 steer with prompts alone; a 135M
+# model ignores a "refuse" instruction as often as not, a prefilled opening it always follows).
+REFUSAL_OPENING = "I'm sorry, but I can't help with that."
 
 
 class GenerateOptions(BaseModel):
@@ -49,6 +58,10 @@ class GenerateOptions(BaseModel):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(32, ge=1)
     temperature: float = Field(0.0, ge=0.0)
+    pairs: list[str] = Field(default_factory=lambda: ["revision"], min_length=1)
+    # A reply that a principle's `opening` started keeps this many sentences after it (0: all). After
+    # a sentence or two a 135M model drifts back into the answer the opening was meant to stop.
+    steered_sentences: int = Field(1, ge=0)
     repetition_penalty: float = Field(1.1, ge=1.0)  # small models loop when greedy; 1.0 turns it off
     few_shot: int = Field(2, ge=0)  # examples placed before each critique/revision conversation
     match_examples: bool = False  # True: the sampled principle's own examples (no shared prefix: slower on CPU)
@@ -56,6 +69,30 @@ class GenerateOptions(BaseModel):
     force_new: bool = False
     trust_remote_code: bool = False
     push_to_hub: str | None = None  # a dataset repo id; the token comes from HF_TOKEN, never from options
+
+
+def is_helping(principle: Principle) -> bool:
+    """True for principles that ask the model to keep helping (a refusal under them is a failure)."""
+    return bool(HELPING_TAGS & set(principle.tags))
+
+
+def _finish(
+    completion_text: str, finish_reason: str, opening: str | None = None, max_sentences: int = 0
+) -> tuple[str, str]:
+    """Clean a reply, put back its prefilled opening (keeping at most `max_sentences` sentences after it), and
+    cut a reply that hit the limit to its last full sentence ("trimmed"); a reply with no full sentence
+    keeps finish_reason "length" (filtered)."""
+    text = clean_answer(completion_text)
+    if opening:
+        cut = first_sentences(text, max_sentences) if max_sentences else text
+        text = f"{opening} {cut}".strip()
+        if cut != clean_answer(completion_text):
+            return text, "stop"
+    if finish_reason == "length":
+        trimmed = trim_to_sentence(text)
+        if trimmed and trimmed != opening:
+            return trimmed, "trimmed"
+    return text, finish_reason
 
 
 def _user(text: str) -> dict[str, str]:
@@ -120,13 +157,11 @@ def critique_and_revise(
         ]
         revisions = engine.generate(revision_chats, params)
         for k, (principle, critique, revision) in enumerate(zip(principles, critiques, revisions)):
-            text = clean_answer(revision.text)
-            if principle.opening:
-                text = f"{principle.opening} {text}".strip()
+            text, finish[k] = _finish(
+                revision.text, revision.finish_reason, principle.opening, options.steered_sentences
+            )
             if revision.finish_reason == "error" or critique.finish_reason == "error":
                 finish[k] = "error"
-            else:
-                finish[k] = revision.finish_reason
             steps[k].append({"principle": principle.name, "critique": critique.text.strip(), "revision": text})
             answers[k] = text
     return [
@@ -145,6 +180,92 @@ def critique_and_revise(
         }
         for row, first, row_steps, final, reason in zip(chunk, initial, steps, answers, finish)
     ]
+
+
+def contrast_pairs(
+    engine: Engine, constitution: Constitution, chunk: list[PromptRow], options: GenerateOptions
+) -> list[dict[str, Any]]:
+    """RLCD (Yang et al. 2023, "RLCD: Reinforcement Learning from Contrastive Distillation"): answer each
+    prompt twice, once steered towards its sampled principle and once away from it; the steering implies
+    which answer is chosen, so no judge is needed, which suits small models whose A/B verdicts are near
+    chance. The steering (a system message from prompts/steer_*.jinja, plus an opening) never reaches
+    the training data: sft/prefs rows hold only the user's prompt and the answers.
+
+    Row fields: `final` is the answer steered towards the principle (chosen), `initial` the one steered
+    away (rejected), `steps` holds the principle alone (there is no critique).
+    """
+    params = GenParams(
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        repetition_penalty=options.repetition_penalty,
+        seed=options.seed,
+    )
+    principles = [constitution.principle_for(row.id, 0, options.seed, row.category) for row in chunk]
+    system = constitution.system_prompt
+    toward_chats, away_chats, away_openings = [], [], []
+    for row, principle in zip(chunk, principles):
+        toward = render("steer_toward", principle=principle, system_prompt=system)
+        toward_chats.append(
+            [{"role": "system", "content": toward}, _user(row.prompt)]
+            + ([_assistant(principle.opening)] if principle.opening else [])
+        )
+        helping = is_helping(principle)
+        away = render("steer_away", principle=principle, helping=helping)
+        away_openings.append(REFUSAL_OPENING if helping else None)
+        away_chats.append(
+            [{"role": "system", "content": away}, _user(row.prompt)]
+            + ([_assistant(REFUSAL_OPENING)] if helping else [])
+        )
+    replies = engine.generate(toward_chats + away_chats, params)
+    rows = []
+    for k, (row, principle) in enumerate(zip(chunk, principles)):
+        toward, away = replies[k], replies[len(chunk) + k]
+        final, reason = _finish(toward.text, toward.finish_reason, principle.opening, options.steered_sentences)
+        rejected, _ = _finish(away.text, away.finish_reason, away_openings[k])
+        if "error" in (toward.finish_reason, away.finish_reason):
+            reason, final = "error", toward.text if toward.finish_reason == "error" else away.text
+        rows.append(
+            {
+                "id": f"{row.id}:contrast",
+                "prompt_id": row.id,
+                "pair": "contrast",
+                "prompt": row.prompt,
+                "category": row.category,
+                "source": row.source,
+                "initial": rejected,
+                "steps": [{"principle": principle.name}],
+                "final": final,
+                "finish_reason": reason,
+                "model": options.model,
+                "seed": options.seed,
+                "constitution": constitution.name,
+            }
+        )
+    return rows
+
+
+PAIR_BUILDERS = {"revision": critique_and_revise, "contrast": contrast_pairs}
+
+
+def _row_id(prompt_id: str, mode: str) -> str:
+    return prompt_id if mode == "revision" else f"{prompt_id}:{mode}"
+
+
+def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
+    """ "ok" or why the row is filtered; `seen` holds the normalised finals kept so far (duplicates)."""
+    if row["finish_reason"] == "error":
+        return f"error: {row['final'] or row['initial']}"[:300]
+    principle = constitution.get(row["steps"][-1]["principle"])  # the principle that shaped `final`
+    helping = is_helping(principle)
+    status = row_status(row["final"], row["initial"], row["finish_reason"], helping, options.filters, seen)
+    if status == "ok" and row.get("pair") == "contrast" and "no_contrast" in options.filters:
+        # A pair teaches something only when its two sides differ in the way the steering meant:
+        # a harm principle's chosen side refuses and its rejected side does not; a helping one's the reverse.
+        refuses, rejected_refuses = is_refusal(row["final"]), is_refusal(row["initial"])
+        meant = (not refuses and rejected_refuses) if helping else (refuses and not rejected_refuses)
+        if principle.opening or helping:
+            status = "ok" if meant else "no_contrast"
+    return status
 
 
 def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:
@@ -197,21 +318,26 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     unknown = sorted(set(options.filters) - set(FILTERS))
     if unknown:
         raise UsageError(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
+    unknown = sorted(set(options.pairs) - set(PAIR_MODES))
+    if unknown:
+        raise UsageError(f"pairs: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(PAIR_MODES)}")
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
     folder = RunFolder(options.out or default_out(options.constitution))
     rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
-    wanted = {row.id for row in prompts}
+    modes = list(dict.fromkeys(options.pairs))
+    wanted = {_row_id(row.id, mode) for row in prompts for mode in modes}
     done = {row["id"] for row in rows}
-    pending = [row for row in prompts if row.id not in done]
+    pending = [(mode, [row for row in prompts if _row_id(row.id, mode) not in done]) for mode in modes]
+    todo = sum(len(rows_of_mode) for _, rows_of_mode in pending)
     limit_note = f" (limit {options.limit}; --limit 0 for all)" if options.limit else ""
     print(
-        f"cai generate: {len(prompts)} prompts{limit_note}, {len(wanted & done)} already done, "
-        f"{len(pending)} to go -> {folder.path}",
+        f"cai generate: {len(prompts)} prompts x {'+'.join(modes)} pairs{limit_note}, "
+        f"{len(wanted & done)} rows already done, {todo} to go -> {folder.path}",
         file=sys.stderr,
     )
     started = time.perf_counter()
-    if pending:
+    if todo:
         if engine is None:
             engine = load_engine(
                 options.engine,
@@ -221,27 +347,21 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
                 **options.engine_options,
             )
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
-        bar = tqdm(total=len(prompts), initial=len(wanted & done), unit="prompt", file=sys.stderr, dynamic_ncols=True)
-        for start in range(0, len(pending), options.batch_size):
-            chunk = pending[start : start + options.batch_size]
-            finished = critique_and_revise(engine, constitution, chunk, options)
-            for row in finished:
-                last = constitution.get(row["steps"][-1]["principle"])  # the principle that wrote `final`
-                helping = bool(HELPING_TAGS & set(last.tags))
-                if row["finish_reason"] == "error":
-                    row["status"] = f"error: {row['final'] or row['initial']}"[:300]
-                else:
-                    row["status"] = row_status(
-                        row["final"], row["initial"], row["finish_reason"], helping, options.filters, seen
-                    )
-                if row["status"] == "ok":
-                    seen.add(normalise(row["final"]))
-            folder.append(finished)
-            rows += finished
-            bar.update(len(chunk))
-            tokens = getattr(engine, "generated_tokens", 0)
-            if tokens:
-                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
+        for mode, mode_rows in pending:
+            for start in range(0, len(mode_rows), options.batch_size):
+                chunk = mode_rows[start : start + options.batch_size]
+                finished = PAIR_BUILDERS[mode](engine, constitution, chunk, options)
+                for row in finished:
+                    row["status"] = _status(row, constitution, options, seen)
+                    if row["status"] == "ok":
+                        seen.add(normalise(row["final"]))
+                folder.append(finished)
+                rows += finished
+                bar.update(len(chunk))
+                tokens = getattr(engine, "generated_tokens", 0)
+                if tokens:
+                    bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
         bar.close()
     write_card(folder, constitution, options, rows)
     print_summary(folder, rows, time.perf_counter() - started)

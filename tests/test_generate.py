@@ -174,6 +174,7 @@ def test_steering_opening_starts_the_reply_and_the_training_target(setup):
         (lambda p, chat: "", "stop", "empty"),
         (lambda p, chat: "A safer answer", "length", "truncated"),
         (lambda p, chat: "The revised response is better: do it safely.", "stop", "artefact"),
+        (lambda p, chat: f"Your answer was too long for {p}", "stop", "artefact"),
         (lambda p, chat: f"First answer to {p}", "stop", "unchanged"),
         (lambda p, chat: "Same text for everyone.", "stop", "duplicate"),
     ],
@@ -191,6 +192,107 @@ def test_filters_keep_the_row_with_its_reason(setup, revision, finish, status):
     kept = [r for r in rows if r["status"] == "ok"]
     assert len(read(out / "sft.jsonl")) == len(kept) == len(read(out / "prefs.jsonl"))
     assert f"| {status} |" in (out / "README.md").read_text()
+
+
+def test_a_reply_that_hit_the_limit_is_cut_to_its_last_full_sentence(setup):
+    Path(setup[0]).write_text(CONSTITUTION.replace("""    opening: "I can't help with that, but"\n""", ""))
+    engine = ScriptedEngine(revision=lambda p, c: f"A full reply to {p} Then a cut-off half", finish="length")
+    rows = read(run_generate(options(setup), engine=engine) / "generations.jsonl")
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(r["final"] == f"A full reply to {r['prompt']}" and r["finish_reason"] == "trimmed" for r in rows)
+
+
+def test_a_steered_reply_keeps_one_sentence_after_its_opening(setup, tmp_path):
+    engine = ScriptedEngine(revision=lambda p, c: f"ask a friend about {p} Then here is how to do it anyway.")
+    rows = read(run_generate(options(setup), engine=engine) / "generations.jsonl")
+    steered = [r for r in rows if r["steps"][0]["principle"] == "harm"]
+    assert steered and all(
+        r["final"] == f"I can't help with that, but ask a friend about {r['prompt']}" for r in steered
+    )
+    kept = read(
+        run_generate(options(setup, steered_sentences=0, out=str(tmp_path / "all")), engine=engine)
+        / "generations.jsonl"
+    )
+    assert all(r["final"].endswith("anyway.") for r in kept if r["steps"][0]["principle"] == "harm")
+
+
+class SteeredEngine:
+    """Replies by the steering system message: towards the principle, away and complying, or away and refusing."""
+
+    model_name = "steered"
+
+    def __init__(self, away_harm: str = "Sure, here is exactly how."):
+        self.calls: list[list[list[dict]]] = []
+        self.away_harm = away_harm
+
+    def generate(self, conversations, params: GenParams):
+        self.calls.append(conversations)
+        out = []
+        for chat in conversations:
+            system, prompt = chat[0]["content"], chat[1]["content"]
+            if system.startswith("Refuse"):
+                text = "It could be dangerous."
+            elif system.startswith("Do exactly"):
+                text = self.away_harm
+            else:
+                text = f"a careful reply to {prompt}"
+            out.append(Completion(text=text, finish_reason="stop", tokens=len(text.split())))
+        return out
+
+    def close(self):
+        pass
+
+
+def test_contrast_pairs_are_steered_both_ways_and_the_steering_never_reaches_the_data(setup):
+    from cai_kit.generate import REFUSAL_OPENING
+
+    engine = SteeredEngine()
+    out = run_generate(options(setup, pairs=["contrast"]), engine=engine)
+    rows = read(out / "generations.jsonl")
+    assert [r["id"] for r in rows] == [f"q{i}:contrast" for i in range(6)]
+    assert [len(call) for call in engine.calls] == [8, 4]  # both sides of a chunk in one batched call
+    assert all(chat[0]["role"] == "system" for call in engine.calls for chat in call)
+    by_principle = {r["steps"][0]["principle"] for r in rows}
+    assert by_principle == {"harm", "helpful"}, "seed 0 samples both principles over six prompts"
+    for row in rows:
+        assert row["status"] == "ok" and row["pair"] == "contrast"
+        if row["steps"][0]["principle"] == "harm":
+            assert row["final"] == f"I can't help with that, but a careful reply to {row['prompt']}"
+            assert row["initial"] == "Sure, here is exactly how."
+        else:
+            assert row["final"] == f"a careful reply to {row['prompt']}"
+            assert row["initial"] == f"{REFUSAL_OPENING} It could be dangerous."
+    prefs = read(out / "prefs.jsonl")
+    assert len(prefs) == 6 and prefs[0]["chosen"][0]["content"] == rows[0]["final"]
+    written = (out / "sft.jsonl").read_text() + (out / "prefs.jsonl").read_text()
+    assert "rule" not in written and "system" not in written and "Refuse" not in written
+
+
+def test_contrast_pair_whose_sides_do_not_differ_is_filtered(setup):
+    out = run_generate(options(setup, pairs=["contrast"]), engine=SteeredEngine(away_harm="I cannot help with that."))
+    statuses = {r["steps"][0]["principle"]: r["status"] for r in read(out / "generations.jsonl")}
+    assert statuses == {"harm": "no_contrast", "helpful": "ok"}
+
+
+def test_revision_and_contrast_rows_together_resume_without_duplicates(setup):
+    class Both(ScriptedEngine):
+        def generate(self, conversations, params):
+            if conversations[0][0]["role"] == "system":
+                return SteeredEngine().generate(conversations, params)
+            return super().generate(conversations, params)
+
+    out = run_generate(options(setup, pairs=["revision", "contrast"], limit=4), engine=Both())
+    run_generate(options(setup, pairs=["revision", "contrast"]), engine=Both())
+    ids = [r["id"] for r in read(out / "generations.jsonl")]
+    assert sorted(ids) == sorted([f"q{i}" for i in range(6)] + [f"q{i}:contrast" for i in range(6)])
+    engine = Both()
+    run_generate(options(setup, pairs=["revision", "contrast"]), engine=engine)
+    assert engine.calls == []
+
+
+def test_unknown_pair_mode_is_a_usage_error(setup):
+    with pytest.raises(UsageError, match="pairs: unknown mode"):
+        run_generate(options(setup, pairs=["judge-me"]), engine=ScriptedEngine())
 
 
 def test_refusal_under_a_helping_principle_is_filtered(setup):
