@@ -20,6 +20,8 @@ from cai_kit.constitution import Constitution, Principle, load_constitution
 from cai_kit.engines import Conversation, Engine, GenParams, load_engine
 from cai_kit.errors import UsageError
 from cai_kit.filters import clean_answer, normalise, row_status
+from cai_kit.licence_guard import check_generate
+from cai_kit.licences import licences_of
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
 from cai_kit.run_folder import RunFolder
@@ -56,6 +58,8 @@ class GenerateOptions(BaseModel):
     force_new: bool = False
     trust_remote_code: bool = False
     push_to_hub: str | None = None  # a dataset repo id; the token comes from HF_TOKEN, never from options
+    model_licences: dict[str, str] = Field(default_factory=dict)  # {model spec: licence id}, over the model cards
+    accept_licence_risk: bool = False  # go ahead when a licence forbids training on a producer's outputs
 
 
 def _user(text: str) -> dict[str, str]:
@@ -64,6 +68,11 @@ def _user(text: str) -> dict[str, str]:
 
 def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
+
+
+def model_roles(options: GenerateOptions) -> dict[str, str]:
+    """Which model wrote, critiqued and revised each row: provenance, and what the licence guard checks."""
+    return {"writer": options.model, "critic": options.model, "reviser": options.model}
 
 
 def few_shot_turns(constitution: Constitution, principle: Principle, k: int, match: bool = False) -> Conversation:
@@ -140,6 +149,7 @@ def critique_and_revise(
             "final": final,
             "finish_reason": reason,
             "model": options.model,
+            "models": model_roles(options),
             "seed": options.seed,
             "constitution": constitution.name,
         }
@@ -161,6 +171,8 @@ def _manifest(options: GenerateOptions, constitution: Constitution, prompts: lis
         "constitution_path": str(options.constitution),
         "constitution_sha256": constitution.sha256,
         "model": options.model,
+        "models": model_roles(options),
+        "licences": licences_of(model_roles(options), options.model_licences),
         "seed": options.seed,
         "prompt_sources": options.prompts,
         "prompts": len(prompts),
@@ -197,6 +209,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     unknown = sorted(set(options.filters) - set(FILTERS))
     if unknown:
         raise UsageError(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
+    check_generate(options)
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
     folder = RunFolder(options.out or default_out(options.constitution))
