@@ -52,7 +52,7 @@ def verdict(producer: Producer, target: str, target_licence: str) -> Finding:
         return Finding(
             "forbidden", producer, f"{who} may not train {target} ({target_licence}): {terms.clause}: {terms.rule}"
         )
-    if terms.outputs == "any" or not (terms.name_prefix or terms.notice or terms.duties):
+    if terms.outputs == "any" or (terms.outputs == "family" and not terms.name_prefix):
         return Finding("allowed", producer, f"{who} may train {target}: {terms.clause}: {terms.rule}")
     return Finding("restricted", producer, f"{who} training {target}: {terms.clause}: {terms.rule}; {terms.duties}")
 

