@@ -162,6 +162,13 @@ def test_forbidden_stops_with_one_line_naming_the_clause_and_override():
     assert [f.level for f in findings] == ["forbidden", "allowed"]
 
 
+def test_restricted_warns_and_goes_on(capsys):
+    findings = guard([Producer("judge", "google/gemma-2-2b-it", "gemma")], "org/mine", "apache-2.0", False, "x")
+    assert [f.level for f in findings] == ["restricted"]
+    err = capsys.readouterr().err
+    assert "licence warning" in err and "Gemma Model Derivative" in err and "google/gemma-2-2b-it" in err
+
+
 def test_unknown_licence_warns_once_and_does_not_stop(capsys):
     producers = [Producer("critic", "org/mystery", "unknown"), Producer("judge", "org/mystery", "unknown")]
     for _ in range(3):
