@@ -20,8 +20,6 @@ from cai_kit.constitution import Constitution, Principle, load_constitution
 from cai_kit.engines import Conversation, Engine, GenParams, load_engine
 from cai_kit.errors import UsageError
 from cai_kit.filters import clean_answer, normalise, row_status
-from cai_kit.licence_guard import check_generate
-from cai_kit.licences import licences_of
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
 from cai_kit.run_folder import RunFolder
@@ -158,6 +156,8 @@ def critique_and_revise(
 
 
 def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:
+    from cai_kit.licences import licences_of
+
     versions = {}
     for package in ["cai-kit", "torch", "transformers", "trl", "vllm"]:
         try:
@@ -205,11 +205,12 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     from tqdm import tqdm
 
     from cai_kit.data_card import print_summary, write_card
+    from cai_kit.licence_guard import check_generate
 
+    check_generate(options)  # before any work: a forbidden licence combination stops here
     unknown = sorted(set(options.filters) - set(FILTERS))
     if unknown:
         raise UsageError(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
-    check_generate(options)
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
     folder = RunFolder(options.out or default_out(options.constitution))
