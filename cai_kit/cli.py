@@ -186,6 +186,15 @@ def env() -> None:
 @click.option("--match-examples", is_flag=True, help="Show the sampled principle's own examples first (slower).")
 @click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@click.option(
+    "--model-licence",
+    multiple=True,
+    metavar="[MODEL=]ID",
+    help="A model's licence where its card has none (a bare ID is --model's). Repeatable; see `cai licence`.",
+)
+@click.option(
+    "--accept-licence-risk", is_flag=True, help="Go ahead where a licence forbids training on a model's outputs."
+)
 @_usage_errors
 def generate(**kwargs) -> None:
     """Answer prompts, critique and revise the answers against a constitution, write SFT and preference data.
@@ -196,7 +205,9 @@ def generate(**kwargs) -> None:
       cai generate -c constitutions/helpful.yaml -p helpful -p my_prompts.jsonl --rounds 2
     """
     from cai_kit.generate import GenerateOptions, run_generate
+    from cai_kit.licence_guard import parse_overrides
 
+    kwargs["model_licences"] = parse_overrides(kwargs.pop("model_licence"), kwargs["model"])
     kwargs["prompts"] = list(kwargs["prompts"]) or None
     kwargs["pairs"] = list(kwargs["pairs"]) or None
     kwargs["constitution"] = str(kwargs["constitution"])
@@ -274,8 +285,23 @@ def eval_command(**kwargs) -> None:
     help="Override a recipe value (parsed as YAML); repeatable.",
 )
 @click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
+@click.option(
+    "--model-licence",
+    multiple=True,
+    metavar="[MODEL=]ID",
+    help="A model's licence where its card has none (a bare ID is the recipe model's). Repeatable.",
+)
+@click.option(
+    "--accept-licence-risk", is_flag=True, help="Go ahead where a licence forbids training on a model's outputs."
+)
 @_usage_errors
-def train(recipe: Path, overrides: tuple[str, ...], stages: str | None) -> None:
+def train(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    stages: str | None,
+    model_licence: tuple[str, ...],
+    accept_licence_risk: bool,
+) -> None:
     """Run a recipe: generate, SFT, DPO, eval; finished stages are skipped and trainers resume on rerun.
 
     \b
@@ -283,11 +309,32 @@ def train(recipe: Path, overrides: tuple[str, ...], stages: str | None) -> None:
       cai train recipes/zephyr_cai.yaml
       cai train recipes/tiny.yaml --set sft.trl.max_steps=4 --stages sft,dpo
     """
+    from cai_kit.licence_guard import parse_overrides
     from cai_kit.recipe import load_recipe, parse_stages
     from cai_kit.train import run_train
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides + (("accept_licence_risk=true",) if accept_licence_risk else ()))
+    loaded.model_licences.update(parse_overrides(model_licence, loaded.model))
     click.echo(run_train(loaded, parse_stages(stages) if stages else None))
+
+
+@main.command(name="licence")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--target", "-t", help="A model to be trained on their outputs: print the guard's verdict for each.")
+@click.option("--model-licence", multiple=True, metavar="MODEL=ID", help="A model's licence where its card has none.")
+@_usage_errors
+def licence(models: tuple[str, ...], target: str | None, model_licence: tuple[str, ...]) -> None:
+    """Print each model's licence (from its card, or an override) and what it lets its outputs train.
+
+    \b
+    Example:
+      cai licence default
+      cai licence ./llama-2-7b-chat --target default
+    """
+    from cai_kit.licence_guard import licence_report, parse_overrides
+
+    bare_for = models[0] if len(models) == 1 else None
+    click.echo(licence_report(list(models), target, parse_overrides(model_licence, bare_for)))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,8 @@ import sys
 from collections import Counter
 from typing import Any
 
-from cai_kit.models import model_licence
+from cai_kit.licences import contributors_markdown, licence_or_unknown
 from cai_kit.run_folder import RunFolder
-
-LICENCE_NOTE = (
-    "Rows were written by the generating model itself; its licence terms apply to their use. "
-    "The embedded default model (SmolLM2-135M-Instruct) is Apache-2.0."
-)
 
 
 PAIR_TEXT = {
@@ -37,13 +32,23 @@ def principle_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return dict(sorted(stats.items()))
 
 
+def contributors(options, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(role, model, licence) for every model that wrote, critiqued, revised or judged a row of this run."""
+    from cai_kit.generate import model_roles
+
+    pairs = dict.fromkeys(
+        (role, spec)
+        for models in [model_roles(options)] + [row.get("models", {}) for row in rows]
+        for role, spec in models.items()
+    )
+    return [(role, spec, licence_or_unknown(spec, options.model_licences)) for role, spec in pairs]
+
+
 def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, Any]]) -> None:
     statuses = Counter(row["status"] for row in rows)
     kept = statuses.pop("ok", 0)
-    try:
-        licence = model_licence(options.model)
-    except Exception:  # the card must not fail a finished run
-        licence = "unknown"
+    models = contributors(options, rows)
+    licence = next((licence for _, spec, licence in models if spec == options.model), "unknown")
     lines = [
         "---",
         "license: other",
@@ -84,9 +89,12 @@ def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, An
         "- `prefs.jsonl`: kept rows as pairs (`prompt`, `chosen` = `final`, `rejected` = `initial`)",
         "- `manifest.json`: the exact options, versions and seeds",
         "",
-        "## Licence notes",
+        "## Models and licences",
         "",
-        LICENCE_NOTE,
+        "Every model that wrote, critiqued, revised or judged these rows (each row's `models` field says which); "
+        "their licences' terms on outputs apply to any use of this data.",
+        "",
+        *contributors_markdown(models),
         "",
     ]
     folder.write_card("\n".join(lines))

@@ -69,6 +69,8 @@ class GenerateOptions(BaseModel):
     force_new: bool = False
     trust_remote_code: bool = False
     push_to_hub: str | None = None  # a dataset repo id; the token comes from HF_TOKEN, never from options
+    model_licences: dict[str, str] = Field(default_factory=dict)  # {model spec: licence id}, over the model cards
+    accept_licence_risk: bool = False  # go ahead when a licence forbids training on a producer's outputs
 
 
 def is_helping(principle: Principle) -> bool:
@@ -101,6 +103,11 @@ def _user(text: str) -> dict[str, str]:
 
 def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
+
+
+def model_roles(options: GenerateOptions) -> dict[str, str]:
+    """Which model wrote, critiqued and revised each row: provenance, and what the licence guard checks."""
+    return {"writer": options.model, "critic": options.model, "reviser": options.model}
 
 
 def few_shot_turns(constitution: Constitution, principle: Principle, k: int, match: bool = False) -> Conversation:
@@ -175,6 +182,7 @@ def critique_and_revise(
             "final": final,
             "finish_reason": reason,
             "model": options.model,
+            "models": model_roles(options),
             "seed": options.seed,
             "constitution": constitution.name,
         }
@@ -269,6 +277,8 @@ def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOp
 
 
 def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:
+    from cai_kit.licences import licences_of
+
     versions = {}
     for package in ["cai-kit", "torch", "transformers", "trl", "vllm"]:
         try:
@@ -282,6 +292,8 @@ def _manifest(options: GenerateOptions, constitution: Constitution, prompts: lis
         "constitution_path": str(options.constitution),
         "constitution_sha256": constitution.sha256,
         "model": options.model,
+        "models": model_roles(options),
+        "licences": licences_of(model_roles(options), options.model_licences),
         "seed": options.seed,
         "prompt_sources": options.prompts,
         "prompts": len(prompts),
@@ -314,7 +326,9 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     from tqdm import tqdm
 
     from cai_kit.data_card import print_summary, write_card
+    from cai_kit.licence_guard import check_generate
 
+    check_generate(options)  # before any work: a forbidden licence combination stops here
     unknown = sorted(set(options.filters) - set(FILTERS))
     if unknown:
         raise UsageError(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")

@@ -34,10 +34,13 @@ def _eval_summary(results: dict[str, Any]) -> str:
 
 
 def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] | None = None) -> Path:
-    from cai_kit.models import DEFAULT_MODEL_NAME, model_licence
+    from cai_kit.licence_guard import recipe_producers
+    from cai_kit.licences import contributors_markdown, licence_or_unknown
+    from cai_kit.models import DEFAULT_MODEL_NAME
 
     base = DEFAULT_MODEL_NAME if recipe.model == "default" else recipe.model
-    licence = model_licence(recipe.model)
+    licence = licence_or_unknown(recipe.model, recipe.model_licences)
+    producers, unrecorded = recipe_producers(recipe)
     out = recipe.out
     lines = ["---", f"license: {licence}", f"base_model: {base}", "library_name: transformers",
              "tags: [cai-kit, constitutional-ai, dpo, trl]", "---", "",
@@ -45,7 +48,7 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
              f"Trained by cai-kit (`cai train`) from **{base}** (licence: {licence}). "
              "The model answered prompts, critiqued and revised its own answers against the constitutions below, "
              "was fine-tuned on its revisions (SFT), then trained with DPO on revision-over-first-answer pairs. "
-             "No other model was a teacher or a judge.", "",
+             "The models below wrote, critiqued, revised or judged its training data.", "",
              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
              f"model = AutoModelForCausalLM.from_pretrained({str(folder)!r})",
              f"tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})", "```", "",
@@ -64,6 +67,10 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
         for count in _read_json(out / stage / "data" / "counts.json") or []:
             lines.append(f"| {stage} | {count['source']} | {count['rows']} | {count['weight']:g} | {count['train']} "
                          f"| {count['test']} |")
+    lines += ["", "## Models and licences", "", *contributors_markdown([("trained base model", recipe.model, licence),
+                                                                        *producers])]
+    lines += [f"- data file `{path}` has no cai-kit manifest: the models that wrote it are not recorded"
+              for path in unrecorded]
     lines += ["", "## Metrics", "", "| stage | metric | value |", "| --- | --- | --- |"]
     for stage in ("sft", "dpo"):
         metrics = _read_json(out / stage / "metrics.json") or {}

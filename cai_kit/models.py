@@ -168,14 +168,7 @@ def load_model(spec: str, dtype: Any = "auto", trust_remote_code: bool = False, 
 
 
 def model_licence(spec: str) -> str:
-    """The licence named in a model folder's card front matter, or 'unknown'."""
-    if spec == "default":
-        return DEFAULT_MODEL_LICENCE
-    card = Path(resolve_model(spec)) / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8", errors="replace")
-        if text.startswith("---"):
-            for line in text.split("---", 2)[1].splitlines():
-                if line.strip().startswith("license:"):
-                    return line.split(":", 1)[1].strip() or "unknown"
-    return "unknown"
+    """The licence named in a model folder's card front matter, or 'unknown' (see cai_kit/licences.py)."""
+    from cai_kit.licences import resolve_licence
+
+    return resolve_licence(spec)[0]

@@ -30,7 +30,9 @@ STAGES: tuple[Stage, ...] = ("generate", "sft", "dpo", "eval")
 # Keys of a generate run that the recipe sets itself: one model trains on its own data, and each run
 # writes under output_dir so a rerun finds it.
 RECIPE_OWNED = {"model": "set once, by the recipe's top-level 'model'",
-                "out": "set by the recipe (output_dir/generate/<index>-<constitution>)"}
+                "out": "set by the recipe (output_dir/generate/<index>-<constitution>)",
+                "model_licences": "set once, by the recipe's top-level 'model_licences'",
+                "accept_licence_risk": "set once, by the recipe's top-level 'accept_licence_risk'"}
 # TRL and transformers options that went away, with what replaced them; difflib cannot guess these.
 RENAMED = {
     "max_seq_length": "'max_length'",
@@ -94,6 +96,8 @@ class Recipe(BaseModel):
     output_dir: str | None = None  # default: runs/<recipe file name>
     seed: int = 0
     trust_remote_code: bool = False
+    model_licences: dict[str, str] = Field(default_factory=dict)  # {model spec: licence id} where a card lacks one
+    accept_licence_risk: bool = False  # train even where a producer's licence forbids it (cai_kit/licences.py)
     stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     generate: list[GenerateRun] = Field(default_factory=list)
     data: DataSection = Field(default_factory=lambda: DataSection())

@@ -58,6 +58,10 @@ def mark_complete(folder: Path, **details: Any) -> None:
 def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
     """Run the recipe's stages (or `stages`) in order; return the final model folder (or output_dir)."""
     chosen = [stage for stage in STAGES if stage in (stages or recipe.stages)]
+    if {"generate", "sft", "dpo"} & set(chosen):
+        from cai_kit.licence_guard import check_recipe
+
+        check_recipe(recipe)  # before any work: a forbidden licence combination stops here
     recipe.out.mkdir(parents=True, exist_ok=True)
     (recipe.out / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     log(f"stages {', '.join(chosen)} -> {recipe.out}")
@@ -90,7 +94,8 @@ def generate_stage(recipe: Recipe) -> None:
             continue
         values = run.model_dump(exclude={"weight"})
         values.update(model=recipe.model, out=str(folder),
-                      trust_remote_code=run.trust_remote_code or recipe.trust_remote_code)
+                      trust_remote_code=run.trust_remote_code or recipe.trust_remote_code,
+                      model_licences=recipe.model_licences, accept_licence_risk=recipe.accept_licence_risk)
         if "seed" not in run.model_fields_set:
             values["seed"] = recipe.seed
         run_generate(GenerateOptions(**values))
