@@ -282,5 +282,11 @@ def train(recipe: Path, overrides: tuple[str, ...], stages: str | None) -> None:
     click.echo(run_train(loaded, parse_stages(stages) if stages else None))
 
 
+from cai_kit.cli_authoring import COMMANDS as AUTHORING_COMMANDS  # noqa: E402  (constitution, schema, try, diff, view)
+
+for command in AUTHORING_COMMANDS:
+    main.add_command(command)
+
+
 if __name__ == "__main__":
     main()

@@ -60,6 +60,12 @@ def shipped_schema(kind: str) -> Path:
 
 
 def schema_comment(kind: str, yaml_path: str | Path) -> str:
-    """The first line that names the schema, as a path relative to the YAML file (editors resolve it so)."""
-    relative = os.path.relpath(shipped_schema(kind), Path(yaml_path).resolve().parent)
-    return f"# yaml-language-server: $schema={Path(relative).as_posix()}"
+    """The first line that names the schema, which editors read.
+
+    Relative to the YAML file inside this checkout (so the shipped files work wherever it is cloned),
+    an absolute path elsewhere (so a new file keeps working when it is moved around).
+    """
+    schema = shipped_schema(kind).resolve()
+    folder = Path(yaml_path).resolve().parent
+    inside = folder.is_relative_to(schema.parents[2])
+    return f"# yaml-language-server: $schema={Path(os.path.relpath(schema, folder) if inside else schema).as_posix()}"
