@@ -78,13 +78,14 @@ def format_trace(row: dict[str, Any], width: int | None = None) -> str:
     lines = _block("PROMPT", row["prompt"], width, "white") + _block("INITIAL ANSWER", row["initial"], width, "blue")
     how = "forced with --principle" if row.get("pinned") else "sampled by weight"
     for number, step in enumerate(row["steps"], start=1):
-        rule = click.style(f"-- round {number}: principle '{step['principle']}' ({how}) ", fg="magenta", bold=True)
-        lines += [rule + click.style("-" * max(width - len(click.unstyle(rule)), 0), fg="magenta"), ""]
+        title = textwrap.wrap(f"-- round {number}: principle '{step['principle']}' ({how})", width=width)
+        title[-1] = f"{title[-1]} ".ljust(width, "-")[: max(width, len(title[-1]))]
+        lines += [click.style(line, fg="magenta", bold=True) for line in title] + [""]
         lines += _block("CRITIQUE", step["critique"], width, "yellow")
         lines += _block("REVISION", step["revision"], width, "green")
     if row["status"] == "ok":
         verdict = click.style("kept", fg="green", bold=True)
     else:
         verdict = click.style(f"filtered ({row['status']})", fg="red", bold=True)
-    lines.append(f"cai generate filters: {verdict}   [finish: {row['finish_reason']}]")
+    lines += [f"cai generate filters: {verdict}", f"finish reason: {row['finish_reason']}"]
     return "\n".join(lines)
