@@ -337,5 +337,11 @@ def licence(models: tuple[str, ...], target: str | None, model_licence: tuple[st
     click.echo(licence_report(list(models), target, parse_overrides(model_licence, bare_for)))
 
 
+from cai_kit.cli_authoring import COMMANDS as AUTHORING_COMMANDS  # noqa: E402  (constitution, schema, try, diff, view)
+
+for command in AUTHORING_COMMANDS:
+    main.add_command(command)
+
+
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import sys
 from collections import Counter
 from typing import Any
 
+from cai_kit.eval_report import markdown_table
 from cai_kit.licences import contributors_markdown, licence_or_unknown
 from cai_kit.run_folder import RunFolder
 
@@ -21,14 +22,29 @@ PAIR_TEXT = {
 }
 
 
-def principle_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per principle: how often it was used, and how often rows that used it were kept or filtered."""
-    stats: dict[str, dict[str, int]] = {}
+def principle_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per principle: steps that used it, and the rows whose final revision it wrote, kept or filtered.
+
+    `reasons` counts the filtered rows by filter; `score` is the mean judge score of those rows where a
+    judge scored them (None otherwise). With one round a row has one step, so used = kept + filtered.
+    """
+    stats: dict[str, dict[str, Any]] = {}
     for row in rows:
-        for name in {step["principle"] for step in row["steps"]}:
-            entry = stats.setdefault(name, {"used": 0, "kept": 0, "filtered": 0})
-            entry["used"] += 1
-            entry["kept" if row["status"] == "ok" else "filtered"] += 1
+        for step in row["steps"]:
+            stats.setdefault(step["principle"], _empty_stats())["used"] += 1
+        if not row["steps"]:
+            continue
+        entry = stats[row["steps"][-1]["principle"]]
+        if row["status"] == "ok":
+            entry["kept"] += 1
+        else:
+            entry["filtered"] += 1
+            entry["reasons"][row["status"].split(":")[0]] += 1
+        if isinstance(row.get("score"), (int, float)):
+            entry["scores"].append(row["score"])
+    for entry in stats.values():
+        scores = entry.pop("scores")
+        entry["score"] = sum(scores) / len(scores) if scores else None
     return dict(sorted(stats.items()))
 
 
@@ -42,6 +58,25 @@ def contributors(options, rows: list[dict[str, Any]]) -> list[tuple[str, str, st
         for role, spec in models.items()
     )
     return [(role, spec, licence_or_unknown(spec, options.model_licences)) for role, spec in pairs]
+
+
+def _empty_stats() -> dict[str, Any]:
+    return {"used": 0, "kept": 0, "filtered": 0, "reasons": Counter(), "scores": []}
+
+
+def principle_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the per-principle table; the judge column only when some row has a score."""
+    stats = principle_stats(rows)
+    scored = any(entry["score"] is not None for entry in stats.values())
+    header = ["principle", "used", "kept", "filtered", "filtered by reason"] + (["mean judge score"] if scored else [])
+    cells = []
+    for name, entry in stats.items():
+        reasons = ", ".join(f"{reason} {count}" for reason, count in entry["reasons"].most_common()) or "-"
+        row = [name, str(entry["used"]), str(entry["kept"]), str(entry["filtered"]), reasons]
+        if scored:
+            row.append("-" if entry["score"] is None else f"{entry['score']:.2f}")
+        cells.append(row)
+    return header, cells
 
 
 def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, Any]]) -> None:
@@ -78,9 +113,10 @@ def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, An
         "",
         "## Principles",
         "",
-        "| principle | used | kept | filtered |",
-        "| --- | --- | --- | --- |",
-        *[f"| {name} | {s['used']} | {s['kept']} | {s['filtered']} |" for name, s in principle_stats(rows).items()],
+        "Which principle text works: `used` counts critique/revision steps; `kept` and `filtered` count the",
+        "rows whose final revision the principle wrote.",
+        "",
+        markdown_table(*principle_rows(rows)),
         "",
         "## Files",
         "",

@@ -13,3 +13,25 @@ class UsageError(Exception):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def usage_errors(func):
+    """Turn UsageError into one line per problem on stderr and exit status 2, never a traceback.
+
+    The same wrapper as cli.py's `_usage_errors`, for commands that live in their own modules.
+    """
+    import functools
+    import sys
+
+    import click
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UsageError as err:
+            for line in err.problems:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(2)
+
+    return wrapper

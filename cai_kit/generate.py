@@ -245,6 +245,7 @@ def contrast_pairs(
                 "final": final,
                 "finish_reason": reason,
                 "model": options.model,
+                "models": model_roles(options),
                 "seed": options.seed,
                 "constitution": constitution.name,
             }
