@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
-import sys
 from pathlib import Path
 
 import click
 
-from cai_kit.errors import UsageError
+from cai_kit.errors import UsageError, usage_errors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = {"constitutions": REPO_ROOT / "constitutions", "recipes": REPO_ROOT / "recipes"}
 
 
-def _usage_errors(func):
-    """Turn UsageError into one line per problem on stderr and exit status 2, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except UsageError as err:
-            for line in err.problems:
-                click.echo(f"error: {line}", err=True)
-            sys.exit(2)
-
-    return wrapper
+_usage_errors = usage_errors  # one line per problem on stderr, exit status 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -10,7 +10,6 @@ from cai_kit.eval_report import markdown_table
 from cai_kit.licences import contributors_markdown, licence_or_unknown
 from cai_kit.run_folder import RunFolder
 
-
 PAIR_TEXT = {
     "revision": "Revision rows (ids without a suffix), written by cai-kit `cai generate`: the model answered each "
     "prompt, critiqued its answer against a principle sampled from the constitution, and revised it "

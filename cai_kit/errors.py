@@ -18,7 +18,7 @@ class UsageError(Exception):
 def usage_errors(func):
     """Turn UsageError into one line per problem on stderr and exit status 2, never a traceback.
 
-    The same wrapper as cli.py's `_usage_errors`, for commands that live in their own modules.
+    Every `cai` command is wrapped in it, in cli.py and in the modules that hold more commands.
     """
     import functools
     import sys
