@@ -96,9 +96,9 @@ class OpenAIEngine:
         for name, value, low in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0)):
             if not isinstance(value, int) or value < low:
                 problems.append(f"engine 'openai': {name} must be an integer >= {low}, got {value!r}")
-        for name, value in (("timeout", timeout), ("backoff", backoff)):
-            if not isinstance(value, (int, float)) or value < 0 or (name == "timeout" and value == 0):
-                problems.append(f"engine 'openai': {name} must be a positive number of seconds, got {value!r}")
+        for name, seconds in (("timeout", timeout), ("backoff", backoff)):
+            if not isinstance(seconds, (int, float)) or seconds < 0 or (name == "timeout" and seconds == 0):
+                problems.append(f"engine 'openai': {name} must be a positive number of seconds, got {seconds!r}")
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and api_key_env != "OPENAI_API_KEY" and not self.api_key:
             problems.append(f"engine 'openai': api_key_env names {api_key_env}, which is not set in the environment")
