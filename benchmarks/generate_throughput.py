@@ -7,14 +7,27 @@ All three run in one process, on the same prompts, model and dtype:
                 conversations (b) built, with no sorting or bookkeeping
 It prints generated tokens/s for each and the ratios b/a and b/c, plus peak RSS.
 
+With --openai it also replays (c)'s conversations through the openai engine against a local
+`transformers serve` started here on 127.0.0.1, with continuous batching off (d) and on (e), at
+`--batch-size` requests in flight. With --vllm (needs vllm and a CUDA GPU) it replays them through
+the in-process vllm engine (f). Each prints tokens/s and its ratio to (b).
+
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
+    OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --prompts 8 --naive-prompts 1 --openai
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import torch
 
@@ -22,6 +35,7 @@ from cai_kit.constitution import load_constitution
 from cai_kit.engines import GenParams
 from cai_kit.engines.transformers import TransformersEngine
 from cai_kit.generate import GenerateOptions, critique_and_revise
+from cai_kit.models import resolve_model
 from cai_kit.prompt_sets import load_many
 
 
@@ -58,6 +72,44 @@ def raw_generate(engine: TransformersEngine, conversations, params: GenParams, b
     return tokens
 
 
+def replay(engine, stages, params: GenParams) -> float:
+    """Tokens/s of an engine on the recorded stages, in the pipeline's order."""
+    before, start = engine.generated_tokens, time.perf_counter()
+    for stage in stages:
+        engine.generate(stage, params)
+    return (engine.generated_tokens - before) / (time.perf_counter() - start)
+
+
+def serve(model: str, continuous_batching: bool, wait_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """`transformers serve MODEL` on a free 127.0.0.1 port; returns the process and its base URL once it answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    flag = "--continuous-batching" if continuous_batching else "--no-continuous-batching"
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", model, flag]
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + wait_s
+    while time.time() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    stop(process)
+    raise SystemExit(f"transformers serve {flag} did not start within {wait_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -67,6 +119,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--openai", action="store_true", help="also time the openai engine on transformers serve")
+    parser.add_argument("--vllm", action="store_true", help="also time the vllm engine (CUDA GPU)")
     args = parser.parse_args()
 
     engine = TransformersEngine(args.model, dtype=args.dtype, batch_size=args.batch_size, progress=False)
@@ -108,6 +162,29 @@ def main() -> None:
     print(f"b/a = {pipeline_rate / naive_rate:.1f}   (target >= 15)")
     print(f"b/c = {pipeline_rate / ceiling_rate:.2f}  (target >= 0.8)")
     print(f"peak RSS {peak_gb:.2f} GB")
+
+    if args.openai:
+        from cai_kit.engines.openai import OpenAIEngine
+
+        folder = resolve_model(args.model)
+        modes = (("(d) openai engine, transformers serve", False), ("(e) same, continuous batching", True))
+        for label, batching in modes:
+            process, url = serve(folder, batching)
+            try:
+                remote = OpenAIEngine(folder, base_urls=url, max_concurrency=args.batch_size, progress=False)
+                rate = replay(remote, recording.stages, params)
+                print(f"{label:<40} {rate:8.1f} tokens/s   /b = {rate / pipeline_rate:.2f}")
+            except Exception as err:  # a server mode that fails here is a result too
+                print(f"{label:<40} failed: {str(err).splitlines()[0][:200]}")
+            finally:
+                stop(process)
+    if args.vllm:
+        from cai_kit.engines.vllm import VLLMEngine
+
+        engine.close()
+        gpu = VLLMEngine(args.model, progress=False)
+        rate = replay(gpu, recording.stages, params)
+        print(f"(f) vllm engine in process               {rate:8.1f} tokens/s   /b = {rate / pipeline_rate:.2f}")
 
 
 if __name__ == "__main__":

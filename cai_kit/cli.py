@@ -16,6 +16,14 @@ BUNDLED = {"constitutions": REPO_ROOT / "constitutions", "recipes": REPO_ROOT / 
 _usage_errors = usage_errors  # one line per problem on stderr, exit status 2
 
 
+def _engine_flags(func):
+    """`--engine-option KEY=VALUE` and `--base-url URL`, for the commands that load an engine."""
+    url_help = "OpenAI-compatible server for --engine openai, e.g. http://127.0.0.1:8000/v1; repeatable."
+    option_help = "Engine option, VALUE read as YAML (e.g. max_concurrency=32); repeatable. README: Scaling out."
+    func = click.option("--base-url", "base_urls", multiple=True, metavar="URL", help=url_help)(func)
+    return click.option("--engine-option", multiple=True, metavar="KEY=VALUE", help=option_help)(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cai-kit")
 def main() -> None:
@@ -146,6 +154,7 @@ def env() -> None:
     "--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id."
 )
 @click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
+@_engine_flags
 @click.option(
     "--out",
     "-o",
@@ -190,10 +199,12 @@ def generate(**kwargs) -> None:
       cai generate --constitution constitutions/harmless.yaml --limit 16 --out runs/demo
       cai generate -c constitutions/helpful.yaml -p helpful -p my_prompts.jsonl --rounds 2
     """
+    from cai_kit.engines import parse_engine_options
     from cai_kit.generate import GenerateOptions, run_generate
     from cai_kit.licence_guard import parse_overrides
 
     kwargs["model_licences"] = parse_overrides(kwargs.pop("model_licence"), kwargs["model"])
+    kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     kwargs["prompts"] = list(kwargs["prompts"]) or None
     kwargs["pairs"] = list(kwargs["pairs"]) or None
     kwargs["constitution"] = str(kwargs["constitution"])
@@ -231,6 +242,7 @@ def generate(**kwargs) -> None:
     help="Constitution whose judge questions the helpful judge asks. [default: constitutions/helpful.yaml]",
 )
 @click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
+@_engine_flags
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--max-new-tokens", type=click.IntRange(1), default=128)
 @click.option("--seed", type=int, default=0)
@@ -251,9 +263,11 @@ def eval_command(**kwargs) -> None:
       cai eval -m runs/train/final -b default --judge-model default --out runs/eval-after
       cai eval -m my_model -s harmful -p hf:walledai/HarmBench:standard:train --limit 50
     """
+    from cai_kit.engines import parse_engine_options
     from cai_kit.eval_report import summary_table
     from cai_kit.evaluate import make_options, parse_prompt_overrides, run_eval
 
+    kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     kwargs["prompts"] = parse_prompt_overrides(list(kwargs["prompts"]), list(kwargs["suites"]))
     kwargs["suites"] = list(kwargs["suites"])
     results = run_eval(make_options(**{k: v for k, v in kwargs.items() if v is not None}))

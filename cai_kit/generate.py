@@ -167,7 +167,7 @@ def critique_and_revise(
             text, finish[k] = _finish(
                 revision.text, revision.finish_reason, principle.opening, options.steered_sentences
             )
-            if revision.finish_reason == "error" or critique.finish_reason == "error":
+            if "error" in (revision.finish_reason, critique.finish_reason) or initial[k].finish_reason == "error":
                 finish[k] = "error"
             steps[k].append({"principle": principle.name, "critique": critique.text.strip(), "revision": text})
             answers[k] = text

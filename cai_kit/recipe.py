@@ -146,6 +146,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UsageError(sorted(problems, key=_line_number))
     recipe.output_dir = output_dir
     problems += _file_problems(path, recipe, lines) + _eval_problems(path, recipe, lines)
+    problems += _engine_problems(path, recipe, lines)
     if problems:
         raise UsageError(sorted(problems, key=_line_number))
     return recipe
@@ -247,6 +248,24 @@ def _file_problems(path: str | Path, recipe: Recipe, lines: dict[KeyPath, int]) 
         checks += [(("data", kind, index, "path"), item.path) for index, item in enumerate(getattr(recipe.data, kind))]
     return [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
             for key, file in checks if file is not None and not Path(file).is_file()]
+
+
+def _engine_problems(path: str | Path, recipe: Recipe, lines: dict[KeyPath, int]) -> list[str]:
+    """Engine names and engine options, checked without loading an engine."""
+    from cai_kit.engines import engine_problems
+
+    sections: list[tuple[KeyPath, Any, Any]] = [
+        (("generate", index), run.engine, run.engine_options) for index, run in enumerate(recipe.generate)
+    ]
+    if isinstance(recipe.eval, dict):
+        section = recipe.eval
+        sections.append((("eval",), section.get("engine", "transformers"), section.get("engine_options") or {}))
+    problems = []
+    for where, engine, options in sections:
+        for message in engine_problems(str(engine), options if isinstance(options, dict) else {}):
+            key = (*where, "engine" if message.startswith("unknown engine") else "engine_options")
+            problems.append(f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}")
+    return problems
 
 
 def trl_config_class(stage: str) -> type:

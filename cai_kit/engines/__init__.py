@@ -8,6 +8,8 @@ heavy dependency only when it is built, so a missing extra fails with one action
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,27 +56,67 @@ class Engine(Protocol):
 # name -> (module, class, pip extra that provides its dependency)
 ENGINES: dict[str, tuple[str, str, str | None]] = {
     "transformers": ("cai_kit.engines.transformers", "TransformersEngine", None),
+    "vllm": ("cai_kit.engines.vllm", "VLLMEngine", "vllm"),
+    "openai": ("cai_kit.engines.openai", "OpenAIEngine", None),  # plain HTTP from the standard library
 }
-# Backends the contract is designed for but that are not written yet.
-PLANNED = {"vllm": "in-process vllm", "openai": "any OpenAI-compatible server"}
+
+
+def resolve_engine_name(name: str) -> str:
+    """`auto` is vllm where it is installed and a GPU is present, else transformers."""
+    if name == "auto":
+        return "vllm" if _vllm_usable() else "transformers"
+    return name
+
+
+def engine_problems(name: str, options: dict[str, Any]) -> list[str]:
+    """What is wrong with an engine name and its options, checked without loading anything heavy.
+
+    Each engine module imports its backend lazily, so reading its constructor's signature is cheap.
+    """
+    name = resolve_engine_name(name)
+    if name not in ENGINES:
+        return [f"unknown engine {name!r}; choose one of: {', '.join(['auto', *ENGINES])}"]
+    module_name, class_name, _ = ENGINES[name]
+    accepted = list(inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters)[1:]
+    return [
+        f"engine {name!r} has no option {key!r}; its options: {', '.join(accepted)}"
+        for key in options
+        if key not in accepted
+    ]
 
 
 def load_engine(name: str, model: str, **options: Any) -> Engine:
     """Build the engine `name` for `model`; options are the engine's own keyword arguments."""
-    if name == "auto":
-        name = "vllm" if "vllm" in ENGINES and _vllm_usable() else "transformers"
-    if name in PLANNED:
-        raise UsageError(f"engine {name!r} ({PLANNED[name]}) is not in this version; use transformers")
-    if name not in ENGINES:
-        raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(['auto', *ENGINES])}")
+    name = resolve_engine_name(name)
+    problems = engine_problems(name, options)
+    if problems:
+        raise UsageError(problems)
     module_name, class_name, extra = ENGINES[name]
+    engine_class = getattr(importlib.import_module(module_name), class_name)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
+        return engine_class(model, **options)
+    except ImportError as err:  # the backend itself is imported when the engine is built
         if extra:
             raise UsageError(f'engine {name!r} needs: pip install "cai-kit[{extra}]" ({err})') from None
         raise
-    return getattr(module, class_name)(model, **options)
+
+
+def parse_engine_options(pairs: list[str] | tuple[str, ...], base_urls: list[str] | tuple[str, ...] = ()) -> dict:
+    """`--engine-option KEY=VALUE` (VALUE read as YAML: numbers, booleans, lists) and `--base-url URL`."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--engine-option {pair!r}: write KEY=VALUE, e.g. max_concurrency=32")
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    if base_urls:
+        options["base_urls"] = list(base_urls)
+    return options
 
 
 def _vllm_usable() -> bool:

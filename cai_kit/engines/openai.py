@@ -1,0 +1,387 @@
+"""Generation through any OpenAI-compatible server: `vllm serve`, SGLang, TGI, `transformers serve`, Ollama.
+
+One HTTP request per conversation, up to `max_concurrency` in flight, so the server's own continuous
+batching does the batching (and its prefix cache shares the few-shot prefix). Each request goes to
+the base URL with the fewest requests in flight. Connection errors, timeouts, 429 and 5xx are
+retried with exponential backoff. A URL that stops answering is avoided while another answers; when
+a request has spent its retries and no URL answers, the run stops with one line (the rows finished
+so far are on disk, and rerunning the command resumes). Any other failure of one request becomes an
+error completion, which `cai generate` writes as an error row and generates again on the next run.
+
+Plain HTTP from the standard library, so this engine needs no extra. The API key is read from the
+environment variable named by `api_key_env` and is never printed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from cai_kit.engines import Completion, Conversation, GenParams
+from cai_kit.errors import UsageError
+
+DEFAULT_URL = "http://127.0.0.1:8000/v1"
+# vllm's (and SGLang's) additions to the chat API. Servers that keep to OpenAI's schema strictly
+# (`transformers serve`) reject them; the engine then drops them and prefills through /v1/completions.
+EXTENSIONS = ("repetition_penalty", "continue_final_message", "add_generation_prompt")
+
+
+class _Unreachable(Exception):
+    """No answer at all: connection refused, reset or dropped mid-reply."""
+
+
+class _Retryable(Exception):
+    """A timeout, 429 or 5xx: the same request may work a moment later."""
+
+
+class _Rejected(Exception):
+    """A 4xx answer other than 429: sending the same request again will not help."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class _Failed(Exception):
+    """A request that failed after all its retries."""
+
+
+class _AllGone(Exception):
+    """Every base URL has stopped answering."""
+
+
+def _error(reason: str) -> Completion:
+    return Completion(text=reason[:300], finish_reason="error", tokens=0)
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class OpenAIEngine:
+    def __init__(
+        self,
+        model: str,
+        base_urls: str | list[str] = DEFAULT_URL,
+        served_model_name: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 16,
+        timeout: float = 600.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        tokenizer: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+        batch_size: int = 32,  # not used: each conversation is its own request and the server batches them
+        trust_remote_code: bool = False,  # only for the local tokenizer (prefill fallback, log-probs)
+        progress: bool = True,
+    ):
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or [])
+        problems = [
+            f"engine 'openai': base URL {u!r} must start with http:// or https://"
+            for u in urls
+            if not str(u).startswith(("http://", "https://"))
+        ]
+        if not urls:
+            problems.append("engine 'openai': give at least one --base-url")
+        for name, value, low in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0)):
+            if not isinstance(value, int) or value < low:
+                problems.append(f"engine 'openai': {name} must be an integer >= {low}, got {value!r}")
+        for name, seconds in (("timeout", timeout), ("backoff", backoff)):
+            if not isinstance(seconds, (int, float)) or seconds < 0 or (name == "timeout" and seconds == 0):
+                problems.append(f"engine 'openai': {name} must be a positive number of seconds, got {seconds!r}")
+        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and api_key_env != "OPENAI_API_KEY" and not self.api_key:
+            problems.append(f"engine 'openai': api_key_env names {api_key_env}, which is not set in the environment")
+        if problems:
+            raise UsageError(problems)
+        self.urls = [str(u).rstrip("/") for u in urls]
+        self.api_key_env = api_key_env
+        self.max_concurrency, self.retries, self.backoff = max_concurrency, retries, backoff
+        self.timeout = float(timeout)
+        self.tokenizer_source = tokenizer
+        self.extra_body = dict(extra_body or {})
+        self.trust_remote_code = trust_remote_code
+        self.progress = progress
+        self.generated_tokens = 0  # running total, read by progress displays and benchmarks
+        self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._in_flight = dict.fromkeys(self.urls, 0)
+        self._failing: set[str] = set()  # refused a connection lately: used only when no other URL answers
+        self._dead: set[str] = set()  # refused every retry of a request: not used again in this run
+        self._plain = False  # the server rejected EXTENSIONS
+        self.model_name = served_model_name or model
+        self._check_servers()
+
+    # -- start-up checks: every problem with the servers as one line each, before any work --------
+
+    def _check_servers(self) -> None:
+        problems, served = [], set()
+        for url in self.urls:
+            try:
+                listing = self._send(url, "/models", None, timeout=min(self.timeout, 30.0))
+                served |= {str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)}
+            except _Unreachable as err:
+                problems.append(
+                    f"engine 'openai': no server answers at {url} ({err}); start one first "
+                    "(e.g. `vllm serve MODEL`) or fix --base-url"
+                )
+            except _Rejected as err:
+                if err.status in (401, 403):
+                    key = f"the key in {self.api_key_env}" if self.api_key else f"no key ({self.api_key_env} is unset)"
+                    problems.append(f"engine 'openai': the server at {url} refused {key} (HTTP {err.status})")
+                # other answers (a server without /models) do not stop the run
+            except _Retryable as err:
+                problems.append(f"engine 'openai': the server at {url} is not ready ({err}); try again shortly")
+        if problems:
+            raise UsageError(problems)
+        if self.model_name == "default":
+            listed = f"it serves: {', '.join(sorted(served))}" if served else "it lists no model"
+            raise UsageError(f"engine 'openai': pass --model as the server names it ({listed})")
+        known = served | {name.removesuffix(":latest") for name in served}  # Ollama's implicit tag
+        if served and self.model_name not in known and not Path(self.model_name).is_dir():
+            raise UsageError(
+                f"engine 'openai': the server does not serve {self.model_name!r}; "
+                f"it serves: {', '.join(sorted(served))} (pass one as --model)"
+            )
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _send(self, url: str, path: str, body: dict | None, timeout: float | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        method = "GET" if body is None else "POST"
+        request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:300].replace("\n", " ")
+            if err.code == 429 or err.code >= 500:
+                raise _Retryable(f"HTTP {err.code}: {detail}") from None
+            raise _Rejected(err.code, detail) from None
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, TimeoutError):
+                raise _Retryable(f"no answer within {timeout or self.timeout:g} s") from None
+            raise _Unreachable(str(err.reason)) from None
+        except TimeoutError:
+            raise _Retryable(f"no answer within {timeout or self.timeout:g} s") from None
+        except (ConnectionError, http.client.HTTPException) as err:
+            raise _Unreachable(type(err).__name__) from None
+        except json.JSONDecodeError:
+            raise _Rejected(200, "the answer is not JSON") from None
+
+    def _acquire(self) -> str:
+        """The live URL with the fewest requests in flight, preferring ones that have not failed lately."""
+        with self._lock:
+            live = [u for u in self.urls if u not in self._dead]
+            if not live:
+                raise _AllGone()
+            url = min([u for u in live if u not in self._failing] or live, key=self._in_flight.__getitem__)
+            self._in_flight[url] += 1
+            return url
+
+    def _unreachable(self, url: str, reason: str, final: bool) -> None:
+        with self._lock:
+            others = [u for u in self.urls if u != url and u not in self._dead and u not in self._failing]
+            if url not in self._failing and others:
+                print(
+                    f"openai engine: {url} stopped answering ({reason}); going on with {len(others)} other URL(s)",
+                    file=sys.stderr,
+                )
+            self._failing.add(url)
+            if final:  # this request waited through every retry and the URL still does not answer
+                self._dead.add(url)
+
+    def _post(self, path: str, body: dict) -> dict:
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), 60.0))
+            url = self._acquire()
+            try:
+                answer = self._send(url, path, body)
+            except _Unreachable as err:
+                last = f"{url}: {err}"
+                self._unreachable(url, str(err), final=attempt == self.retries)
+                continue
+            except _Retryable as err:
+                last = f"{url}: {err}"
+                continue
+            finally:
+                with self._lock:
+                    self._in_flight[url] -= 1
+            with self._lock:
+                self._failing.discard(url)
+            return answer
+        with self._lock:
+            if len(self._dead) == len(self.urls):
+                raise _AllGone(last)
+        raise _Failed(f"failed after {self.retries + 1} tries: {last}")
+
+    def _map(self, work: Callable[[int], Any], count: int, unit: str) -> list[Any]:
+        """Run `work(k)` for every k with up to max_concurrency in flight; results in input order."""
+        from tqdm import tqdm
+
+        results: list[Any] = [None] * count
+        bar = tqdm(total=count, unit=unit, leave=False, file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, count)))
+        try:
+            futures = {pool.submit(work, k): k for k in range(count)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(1)
+        except _AllGone as err:
+            raise UsageError(
+                f"engine 'openai': no server answers any more ({str(err) or ', '.join(self.urls)}); the rows finished "
+                "so far are kept: start the server(s) and rerun the same command to resume"
+            ) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+        return results
+
+    # -- the engine contract ---------------------------------------------------------------------
+
+    def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
+        return self._map(lambda k: self._reply(conversations[k], params, params.seed + k), len(conversations), "reply")
+
+    def _sampling(self, params: GenParams, seed: int) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": seed,
+        }
+
+    def _reply(self, conversation: Conversation, params: GenParams, seed: int) -> Completion:
+        prefill = conversation[-1]["role"] == "assistant"
+        if prefill and self._plain:
+            return self._reply_from_text(conversation, params, seed)
+        extensions: dict[str, Any] = {}
+        if params.repetition_penalty != 1.0:
+            extensions["repetition_penalty"] = params.repetition_penalty
+        if prefill:  # vllm continues the last assistant message instead of opening a new one
+            extensions.update(continue_final_message=True, add_generation_prompt=False)
+        sent = {} if self._plain else extensions
+        body = {**self._sampling(params, seed), "messages": conversation, **sent, **self.extra_body}
+        try:
+            answer = self._post("/chat/completions", body)
+        except _Rejected as err:
+            if any(name in err.detail for name in sent):
+                self._go_plain(err)  # other threads may have switched already; either way, try again plainly
+                return self._reply(conversation, params, seed)
+            return _error(f"the server rejected the request: {err}")
+        except _Failed as err:
+            return _error(str(err))
+        try:
+            choice = answer["choices"][0]
+            return self._completion(choice["message"].get("content"), choice.get("finish_reason"), answer)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return _error(f"unexpected answer from the server: {json.dumps(answer)[:200]}")
+
+    def _completion(self, text: str | None, finish_reason: str | None, answer: dict) -> Completion:
+        tokens = int((answer.get("usage") or {}).get("completion_tokens") or 0)
+        with self._lock:
+            self.generated_tokens += tokens
+        return Completion(text=(text or "").strip(), finish_reason=_finish(finish_reason), tokens=tokens)
+
+    def _go_plain(self, err: _Rejected) -> None:
+        with self._lock:
+            if not self._plain:
+                print(
+                    f"openai engine: the server does not take vllm's extra fields ({err.detail[:120]}); "
+                    "repetition_penalty is not sent, and prefilled replies go through /v1/completions with "
+                    "the chat template applied here",
+                    file=sys.stderr,
+                )
+            self._plain = True
+
+    def _reply_from_text(self, conversation: Conversation, params: GenParams, seed: int) -> Completion:
+        body = {**self._sampling(params, seed), "prompt": self.render(conversation), **self.extra_body}
+        try:
+            answer = self._post("/completions", body)
+            choice = answer["choices"][0]
+            return self._completion(choice.get("text"), choice.get("finish_reason"), answer)
+        except (_Rejected, _Failed) as err:
+            return _error(f"prefilled reply through /v1/completions failed: {err}")
+        except (KeyError, IndexError, TypeError):
+            return _error("unexpected answer from the server's /v1/completions")
+
+    def render(self, conversation: Conversation) -> str:
+        """The chat-template text of a conversation, rendered here with the model's tokenizer."""
+        continuing = conversation[-1]["role"] == "assistant"
+        return self._chat_tokenizer().apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
+        )
+
+    def _chat_tokenizer(self) -> Any:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                from cai_kit.models import resolve_model
+
+                source = self.tokenizer_source or self.model_name
+                try:
+                    self._tokenizer = AutoTokenizer.from_pretrained(
+                        resolve_model(source), trust_remote_code=self.trust_remote_code
+                    )
+                except (OSError, ValueError) as err:
+                    raise UsageError(
+                        f"engine 'openai': this needs the model's chat template here, and the tokenizer {source!r} "
+                        f"could not be loaded ({str(err).splitlines()[0][:160]}); pass --engine-option tokenizer=PATH"
+                    ) from None
+            return self._tokenizer
+
+    def logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[float]:
+        prompts = [self.render(c) for c in conversations]
+        return self._map(lambda k: self._score(prompts[k], continuations[k]), len(prompts), "score")
+
+    def _score(self, prompt: str, continuation: str) -> float:
+        """Prompt log-probs through /v1/completions with `echo` (vllm serve has them; most servers do not)."""
+        body = {
+            "model": self.model_name,
+            "prompt": prompt + continuation,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": True,
+            "logprobs": 1,
+            **self.extra_body,
+        }
+        cannot = (
+            f"engine 'openai': the server at {', '.join(self.urls)} cannot score log-probs (needs echo + "
+            "logprobs on /v1/completions, as `vllm serve` has); use --engine transformers or vllm for judging"
+        )
+        try:
+            answer = self._post("/completions", body)
+        except (_Rejected, _Failed) as err:
+            raise UsageError(f"{cannot} ({err})") from None
+        choice = (answer.get("choices") or [{}])[0]
+        logprobs = choice.get("logprobs") or {}
+        offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")
+        if not offsets or not values:
+            raise UsageError(cannot)
+        prompt_tokens = int((answer.get("usage") or {}).get("prompt_tokens") or len(values) - 1)
+        total = 0.0
+        for k in range(min(prompt_tokens, len(values))):
+            end = offsets[k + 1] if k + 1 < len(offsets) else float("inf")
+            if end > len(prompt) and values[k] is not None:  # the tokens of the continuation
+                total += float(values[k])
+        return total
+
+    def close(self) -> None:
+        self._tokenizer = None
