@@ -70,10 +70,10 @@ def judge_pairs(
     identical = [_same_text(a, b) for a, b in zip(answers_a, answers_b, strict=True)]
     todo = [k for k, same in enumerate(identical) if not same]
     chats = []
-    for a_first in (True, False):
+    for a_shown_first in (True, False):
         for question in questions:
             for k in todo:
-                first, second = (answers_a[k], answers_b[k]) if a_first else (answers_b[k], answers_a[k])
+                first, second = (answers_a[k], answers_b[k]) if a_shown_first else (answers_b[k], answers_a[k])
                 text = render(
                     "judge_pairwise_cot" if cot else "judge_pairwise",
                     prompt=prompts[k],
