@@ -7,6 +7,7 @@ most one chunk, and a rerun on the same folder skips every finished id.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import sys
 import time
@@ -224,12 +225,12 @@ def contrast_pairs(
             [{"role": "system", "content": away}, _user(row.prompt)]
             + ([_assistant(REFUSAL_OPENING)] if helping else [])
         )
-    replies = engine.generate(toward_chats + away_chats, params)
+    replies = _generate_steered(engine, toward_chats + away_chats, params, options.steered_sentences)
     rows = []
     for k, (row, principle) in enumerate(zip(chunk, principles)):
         toward, away = replies[k], replies[len(chunk) + k]
         final, reason = _finish(toward.text, toward.finish_reason, principle.opening, options.steered_sentences)
-        rejected, _ = _finish(away.text, away.finish_reason, away_openings[k])
+        rejected, _ = _finish(away.text, away.finish_reason, away_openings[k], options.steered_sentences)
         if "error" in (toward.finish_reason, away.finish_reason):
             reason, final = "error", toward.text if toward.finish_reason == "error" else away.text
         rows.append(
@@ -251,6 +252,28 @@ def contrast_pairs(
             }
         )
     return rows
+
+
+# Tokens enough for the sentences kept after an opening; a steered reply needs no more than this.
+STEERED_TOKENS_PER_SENTENCE = 48
+
+
+def _generate_steered(engine: Engine, chats: list[Conversation], params: GenParams, sentences: int) -> list:
+    """Generate replies; those continuing an opening get a short token budget when only a few of their
+    sentences are kept (their tails are cut anyway, and generating them dominated contrast runs)."""
+    steered = [k for k, chat in enumerate(chats) if chat[-1]["role"] == "assistant"]
+    if not sentences or not steered:
+        return engine.generate(chats, params)
+    short = dataclasses.replace(
+        params, max_new_tokens=min(params.max_new_tokens, STEERED_TOKENS_PER_SENTENCE * sentences)
+    )
+    free = [k for k in range(len(chats)) if k not in set(steered)]
+    replies: list = [None] * len(chats)
+    for indices, call_params in ((free, params), (steered, short)):
+        if indices:
+            for k, reply in zip(indices, engine.generate([chats[k] for k in indices], call_params)):
+                replies[k] = reply
+    return replies
 
 
 PAIR_BUILDERS = {"revision": critique_and_revise, "contrast": contrast_pairs}

@@ -223,10 +223,12 @@ class SteeredEngine:
 
     def __init__(self, away_harm: str = "Sure, here is exactly how."):
         self.calls: list[list[list[dict]]] = []
+        self.budgets: list[int] = []
         self.away_harm = away_harm
 
     def generate(self, conversations, params: GenParams):
         self.calls.append(conversations)
+        self.budgets.append(params.max_new_tokens)
         out = []
         for chat in conversations:
             system, prompt = chat[0]["content"], chat[1]["content"]
@@ -250,7 +252,12 @@ def test_contrast_pairs_are_steered_both_ways_and_the_steering_never_reaches_the
     out = run_generate(options(setup, pairs=["contrast"]), engine=engine)
     rows = read(out / "generations.jsonl")
     assert [r["id"] for r in rows] == [f"q{i}:contrast" for i in range(6)]
-    assert [len(call) for call in engine.calls] == [8, 4]  # both sides of a chunk in one batched call
+    # Per chunk of 4: one batched call for the free replies, one with a short budget for those
+    # continuing an opening (only one sentence after it is kept).
+    assert sum(len(call) for call in engine.calls[:2]) == 8 and sum(len(call) for call in engine.calls[2:]) == 4
+    for call, budget in zip(engine.calls, engine.budgets):
+        continuing = {chat[-1]["role"] == "assistant" for chat in call}
+        assert continuing == {True} and budget == 48 or continuing == {False} and budget == 128
     assert all(chat[0]["role"] == "system" for call in engine.calls for chat in call)
     by_principle = {r["steps"][0]["principle"] for r in rows}
     assert by_principle == {"harm", "helpful"}, "seed 0 samples both principles over six prompts"
