@@ -1,7 +1,7 @@
 """Prompt sets: the ones shipped in data/, local files, and datasets from the Hugging Face Hub.
 
 A spec is one of
-- a shipped name, a key of SHIPPED (`red_team`, `helpful`, `eval/harmful`, ...);
+- a shipped name, a key of SHIPPED (`red_team`, `helpful`, `borderline`, `eval/harmful`, ...);
 - a local file: `.jsonl`, `.json` (a list of objects, or `{"data": [...]}`), `.csv` or `.parquet`;
 - `hf:NAME[:config][:split]`, anything `datasets.load_dataset` takes as a name, a local folder included.
 
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = {
     "red_team": "data/train/red_team.jsonl",
     "helpful": "data/train/helpful.jsonl",
+    "borderline": "data/train/borderline.jsonl",
     "eval/harmful": "data/eval/harmful.jsonl",
     "eval/over_refusal": "data/eval/over_refusal.jsonl",
     "eval/helpful": "data/eval/helpful.jsonl",

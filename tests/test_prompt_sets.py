@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections import Counter
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,14 @@ import pytest
 from cai_kit.errors import UsageError
 from cai_kit.prompt_sets import REPO, SHIPPED, PromptRow, load_many, load_prompts
 
-MIN_ROWS = {"red_team": 300, "helpful": 220, "eval/harmful": 150, "eval/over_refusal": 160, "eval/helpful": 90}
+MIN_ROWS = {
+    "red_team": 300,
+    "helpful": 220,
+    "borderline": 180,
+    "eval/harmful": 150,
+    "eval/over_refusal": 160,
+    "eval/helpful": 90,
+}
 MIN_PER_CATEGORY = {"helpful": 15, "eval/helpful": 6, "eval/over_refusal": 12}
 HARMFUL_SETS = ["red_team", "eval/harmful"]  # written by another engineer, in parallel with this file
 ROWS = [
@@ -94,6 +102,25 @@ def test_no_eval_prompt_appears_in_a_training_set():
         if _normalise(r.prompt) in train
     ]
     assert not leaks
+
+
+def test_borderline_training_set_is_balanced_and_no_near_copy_of_over_refusal_eval():
+    """borderline teaches what eval/over_refusal measures: it must share its categories, never its prompts."""
+    raw = _raw_rows(REPO / SHIPPED["borderline"])
+    assert len({r["id"] for r in raw}) == len(raw)
+    rows = load_prompts("borderline")
+    counts = Counter(r.category for r in rows)
+    held_out = load_prompts("eval/over_refusal")
+    assert set(counts) == {r.category for r in held_out} and len(counts) == 10, counts
+    assert min(counts.values()) >= 18, counts
+
+    def similar(a: str, b: str) -> bool:  # the quick ratios are upper bounds of ratio(): they skip most pairs cheaply
+        m = SequenceMatcher(None, a, b)
+        return m.real_quick_ratio() >= 0.6 and m.quick_ratio() >= 0.6 and m.ratio() >= 0.6
+
+    eval_prompts = [_normalise(r.prompt) for r in held_out]
+    close = [(r.prompt, e) for r in rows for e in eval_prompts if similar(_normalise(r.prompt), e)]
+    assert not close
 
 
 # Local files in every format give the same rows.
