@@ -171,9 +171,19 @@ def env() -> None:
 @click.option(
     "--pairs",
     multiple=True,
-    type=click.Choice(["revision", "contrast"]),
-    help="How preference pairs are made: revision (critique/revision, SL-CAI) or contrast (answers steered "
-    "towards and away from a principle, RLCD). Repeatable.  [default: revision]",
+    type=click.Choice(["revision", "contrast", "judge"]),
+    help="How preference pairs are made: revision (critique/revision, SL-CAI), contrast (answers steered "
+    "towards and away from a principle, RLCD) or judge (sampled answers ranked by a judge model, RL-CAI). "
+    "Repeatable.  [default: revision]",
+)
+@click.option("--judge-model", help="--pairs judge: the open model that judges.  [default: --model]")
+@click.option(
+    "--judge-samples", type=click.IntRange(2), help="--pairs judge: answers sampled per prompt.  [default: 2]"
+)
+@click.option(
+    "--judge-margin",
+    type=click.FloatRange(0, 0.5),
+    help="--pairs judge: drop pairs whose judged preference is within this of 0.5.  [default: 0.1]",
 )
 @click.option(
     "--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique."

@@ -18,6 +18,10 @@ PAIR_TEXT = {
     "the model answered each prompt twice, steered towards and away from a principle sampled from the constitution "
     "(Yang et al. 2023, RLCD); `final` is the answer steered towards it, `initial` the one steered away. "
     "The steering text is not in the data.",
+    "judge": "Judged rows (ids ending `:judge`), written by cai-kit `cai generate --pairs judge`: the model sampled "
+    "several answers per prompt and a judge model compared them in both orders from its log-probs, with a "
+    "question from the constitution's `judge` list (Bai et al. 2022, RL-CAI; Lee et al. 2023, RLAIF); "
+    "`final` is the preferred answer, `initial` the least preferred, `score` the judge's preference for `final`.",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import random
 import sys
 import time
 from datetime import datetime
@@ -28,13 +29,14 @@ from cai_kit.run_folder import RunFolder
 
 DEFAULT_PROMPTS = ["red_team", "helpful"]
 DEFAULT_LIMIT = 48  # keeps the bare quickstart near 5 minutes on a 2-core CPU; --limit 0 lifts it
-FILTERS = ["empty", "truncated", "artefact", "unchanged", "refusal", "no_contrast", "duplicate"]
+FILTERS = ["empty", "truncated", "artefact", "unchanged", "refusal", "no_contrast", "low_margin", "duplicate"]
 # Principles with these tags ask the model to keep helping: a revision under them that refuses failed.
 HELPING_TAGS = {"over_refusal", "over-refusal", "helpfulness"}
 # How each prompt becomes a preference pair: `revision` (SL-CAI: chosen = the final revision, rejected =
 # the first answer) or `contrast` (RLCD: chosen and rejected are answers steered towards and away from
-# the sampled principle). Rows of a mode other than `revision` get the id `<prompt id>:<mode>`.
-PAIR_MODES = ["revision", "contrast"]
+# the sampled principle) or `judge` (RL-CAI / RLAIF: two sampled answers, the better one picked by a
+# judge model's log-probs in both orders). Rows of a mode other than `revision` get the id `<prompt id>:<mode>`.
+PAIR_MODES = ["revision", "contrast", "judge"]
 # Contrast mode: the rejected answer for a principle that asks the model to keep helping opens with
 # this, so the pair teaches "do not refuse this" (Yang et al. 2023 steer with prompts alone; a 135M
 # model ignores a "refuse" instruction as often as not, a prefilled opening it always follows).
@@ -60,6 +62,10 @@ class GenerateOptions(BaseModel):
     batch_size: int = Field(32, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     pairs: list[str] = Field(default_factory=lambda: ["revision"], min_length=1)
+    judge_model: str | None = None  # --pairs judge: the judge; None is the generating model itself
+    judge_samples: int = Field(2, ge=2)  # --pairs judge: answers sampled per prompt (best vs worst is kept)
+    judge_temperature: float = Field(0.8, gt=0.0)  # --pairs judge: sampling temperature of those answers
+    judge_margin: float = Field(0.1, ge=0.0, le=0.5)  # pairs whose preference is within this of 0.5 are dropped
     # A reply that a principle's `opening` started keeps this many sentences after it (0: all). After
     # a sentence or two a 135M model drifts back into the answer the opening was meant to stop.
     steered_sentences: int = Field(1, ge=0)
@@ -108,7 +114,10 @@ def _assistant(text: str) -> dict[str, str]:
 
 def model_roles(options: GenerateOptions) -> dict[str, str]:
     """Which model wrote, critiqued and revised each row: provenance, and what the licence guard checks."""
-    return {"writer": options.model, "critic": options.model, "reviser": options.model}
+    roles = {"writer": options.model, "critic": options.model, "reviser": options.model}
+    if "judge" in options.pairs:
+        roles["judge"] = options.judge_model or options.model
+    return roles
 
 
 def few_shot_turns(constitution: Constitution, principle: Principle, k: int, match: bool = False) -> Conversation:
@@ -254,6 +263,91 @@ def contrast_pairs(
     return rows
 
 
+def judged_pairs(
+    engine: Engine,
+    constitution: Constitution,
+    chunk: list[PromptRow],
+    options: GenerateOptions,
+    judge: Engine | None = None,
+) -> list[dict[str, Any]]:
+    """RL-CAI (Bai et al. 2022) / RLAIF (Lee et al. 2023): sample `judge_samples` answers per prompt, let
+    the judge compare every pair with one of the constitution's judge questions (drawn per prompt,
+    seeded), from its log-probs of the two labels, in both orders averaged (small judges prefer
+    whichever answer they see first). The answer with the best mean preference is chosen, the worst
+    rejected; `score` is the judge's preference for the chosen one, in [0.5, 1].
+
+    Check the judge first: `cai judge-check --judge-model M -c CONSTITUTION` (the default 135M model
+    is at chance there, so its labels are noise; README: Checking the judge).
+    """
+    from cai_kit.judge import judge_pairs
+
+    questions = constitution.judge or [DEFAULT_JUDGE_QUESTION]
+    params = GenParams(
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.judge_temperature,
+        repetition_penalty=options.repetition_penalty,
+        seed=options.seed,
+    )
+    system: Conversation = (
+        [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+    )
+    n = options.judge_samples
+    replies = engine.generate([system + [_user(row.prompt)] for row in chunk for _ in range(n)], params)
+    samples = [[_finish(r.text, r.finish_reason) for r in replies[k * n : (k + 1) * n]] for k in range(len(chunk))]
+    pairs = [(k, a, b) for k in range(len(chunk)) for a in range(n) for b in range(a + 1, n)]
+    asked = [random.Random(f"{options.seed}:{row.id}:judge").choice(questions) for row in chunk]
+    scores: dict[tuple[int, int, int], Any] = {}
+    for question in dict.fromkeys(asked):  # one batched judge call per question
+        mine = [pair for pair in pairs if asked[pair[0]] == question]
+        judged = judge_pairs(
+            judge or engine,
+            [chunk[k].prompt for k, _, _ in mine],
+            [samples[k][a][0] for k, a, _ in mine],
+            [samples[k][b][0] for k, _, b in mine],
+            [question],
+        )
+        scores.update(zip(mine, judged))
+    rows = []
+    for k, row in enumerate(chunk):
+        wins = [0.0] * n  # mean preference of each answer over the others
+        for (kk, a, b), score in scores.items():
+            if kk == k:
+                wins[a] += score.p / (n - 1)
+                wins[b] += (1 - score.p) / (n - 1)
+        best, worst = max(range(n), key=wins.__getitem__), min(range(n), key=wins.__getitem__)
+        pair = scores[(k, min(best, worst), max(best, worst))] if best != worst else None
+        p_best = (pair.p if best < worst else 1 - pair.p) if pair else 0.5
+        (final, reason), (rejected, rejected_reason) = samples[k][best], samples[k][worst]
+        if "error" in (reason, rejected_reason):
+            reason = "error"
+        rows.append(
+            {
+                "id": f"{row.id}:judge",
+                "prompt_id": row.id,
+                "pair": "judge",
+                "prompt": row.prompt,
+                "category": row.category,
+                "source": row.source,
+                "initial": rejected,
+                "steps": [],
+                "final": final,
+                "score": round(p_best, 4),
+                "judge": {
+                    "question": asked[k],
+                    "model": options.judge_model or options.model,
+                    "consistent": bool(pair and pair.consistent),
+                    "samples": [text for text, _ in samples[k]],
+                },
+                "finish_reason": reason,
+                "model": options.model,
+                "models": model_roles(options),
+                "seed": options.seed,
+                "constitution": constitution.name,
+            }
+        )
+    return rows
+
+
 # Tokens enough for the sentences kept after an opening; a steered reply needs no more than this.
 STEERED_TOKENS_PER_SENTENCE = 48
 
@@ -276,17 +370,36 @@ def _generate_steered(engine: Engine, chats: list[Conversation], params: GenPara
     return replies
 
 
-PAIR_BUILDERS = {"revision": critique_and_revise, "contrast": contrast_pairs}
+PAIR_BUILDERS = {"revision": critique_and_revise, "contrast": contrast_pairs, "judge": judged_pairs}
+DEFAULT_JUDGE_QUESTION = "Which answer is more helpful, honest and harmless?"
 
 
 def _row_id(prompt_id: str, mode: str) -> str:
     return prompt_id if mode == "revision" else f"{prompt_id}:{mode}"
 
 
+def _judge_engine(options: GenerateOptions, engine: Engine) -> Engine:
+    """The engine that judges `--pairs judge`: the generating one unless --judge-model names another."""
+    if not options.judge_model or options.judge_model == options.model:
+        return engine
+    return load_engine(
+        options.engine,
+        options.judge_model,
+        batch_size=options.batch_size,
+        trust_remote_code=options.trust_remote_code,
+        **options.engine_options,
+    )
+
+
 def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
     """ "ok" or why the row is filtered; `seen` holds the normalised finals kept so far (duplicates)."""
     if row["finish_reason"] == "error":
         return f"error: {row['final'] or row['initial']}"[:300]
+    if row.get("pair") == "judge":
+        status = row_status(row["final"], row["initial"], row["finish_reason"], False, options.filters, seen)
+        if status == "ok" and "low_margin" in options.filters and row["score"] - 0.5 < options.judge_margin:
+            return "low_margin"
+        return status
     principle = constitution.get(row["steps"][-1]["principle"])  # the principle that shaped `final`
     helping = is_helping(principle)
     status = row_status(row["final"], row["initial"], row["finish_reason"], helping, options.filters, seen)
@@ -384,12 +497,17 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
                 trust_remote_code=options.trust_remote_code,
                 **options.engine_options,
             )
+        judge: Engine | None = None
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
         for mode, mode_rows in pending:
             for start in range(0, len(mode_rows), options.batch_size):
                 chunk = mode_rows[start : start + options.batch_size]
-                finished = PAIR_BUILDERS[mode](engine, constitution, chunk, options)
+                if mode == "judge":
+                    judge = judge or _judge_engine(options, engine)
+                    finished = judged_pairs(engine, constitution, chunk, options, judge)
+                else:
+                    finished = PAIR_BUILDERS[mode](engine, constitution, chunk, options)
                 for row in finished:
                     row["status"] = _status(row, constitution, options, seen)
                     if row["status"] == "ok":

@@ -487,3 +487,83 @@ def test_failed_push_keeps_the_rows_and_is_one_line(setup, monkeypatch):
     with pytest.raises(UsageError, match="upload failed .*the run is complete in"):
         run_generate(options(setup, push_to_hub="me/cai-data"), engine=ScriptedEngine())
     assert len(read(Path(setup[2]) / "generations.jsonl")) == 6
+
+
+class JudgedEngine:
+    """Samples alternate a good and a bad answer; as a judge it prefers whichever label holds GOOD."""
+
+    model_name = "judged"
+
+    def __init__(self, margin: float = 5.0):
+        self.margin, self.calls, self.judged = margin, 0, 0
+
+    def generate(self, conversations, params: GenParams):
+        assert params.temperature > 0, "judge mode samples its answers"
+        out = []
+        for chat in conversations:
+            self.calls += 1
+            text = f"GOOD, careful and complete answer to {chat[-1]['content']}" if self.calls % 2 else "BAD."
+            out.append(Completion(text=text, finish_reason="stop", tokens=4))
+        return out
+
+    def logprobs(self, conversations, continuations):
+        self.judged += len(conversations)
+        scores = []
+        for chat, label in zip(conversations, continuations):
+            text = chat[-1]["content"]
+            good_first = text.index("GOOD") < text.index("BAD")
+            wanted = "A" if good_first else "B"
+            scores.append(0.0 if label.strip() == wanted else -self.margin)
+        return scores
+
+    def close(self):
+        pass
+
+
+def test_judge_pairs_keep_the_judged_better_answer_with_its_score(setup):
+    Path(setup[0]).write_text(CONSTITUTION + "judge:\n  - Which answer is safer?\n")
+    engine = JudgedEngine()
+    out = run_generate(options(setup, pairs=["judge"]), engine=engine)
+    rows = read(out / "generations.jsonl")
+    assert [r["id"] for r in rows] == [f"q{i}:judge" for i in range(6)]
+    assert engine.calls == 12 and engine.judged == 6 * 2 * 2  # 2 orders x 2 labels per pair
+    for row in rows:
+        assert row["status"] == "ok" and row["final"].startswith("GOOD") and row["initial"].startswith("BAD")
+        assert row["score"] > 0.99 and row["judge"]["question"] == "Which answer is safer?"
+        assert row["judge"]["consistent"] and row["models"]["judge"] == "default"
+    prefs = read(out / "prefs.jsonl")
+    assert prefs[0]["score"] == rows[0]["score"] and prefs[0]["chosen"][0]["content"].startswith("GOOD")
+
+
+def test_judge_pairs_too_close_to_call_are_dropped(setup):
+    out = run_generate(options(setup, pairs=["judge"], judge_margin=0.2), engine=JudgedEngine(margin=0.1))
+    rows = read(out / "generations.jsonl")
+    assert {r["status"] for r in rows} == {"low_margin"} and all(0.5 < r["score"] < 0.7 for r in rows)
+    assert read(out / "prefs.jsonl") == []
+
+
+def test_a_named_judge_model_is_loaded_and_asked(setup, monkeypatch):
+    judge = JudgedEngine()
+    loaded = []
+    monkeypatch.setattr("cai_kit.generate.load_engine", lambda name, model, **kw: loaded.append(model) or judge)
+
+    class Writer(JudgedEngine):
+        def logprobs(self, conversations, continuations):
+            raise AssertionError("the writer must not judge when --judge-model names another model")
+
+    out = run_generate(options(setup, pairs=["judge"], judge_model="other-judge"), engine=Writer())
+    assert loaded == ["other-judge"] and judge.judged > 0
+    rows = read(out / "generations.jsonl")
+    assert all(r["models"]["judge"] == "other-judge" and r["final"].startswith("GOOD") for r in rows)
+
+
+def test_all_three_pair_modes_through_the_real_cli_on_the_tiny_model(setup, tiny_model_path):
+    constitution, prompts, out = setup
+    args = ["-c", str(constitution), "-p", str(prompts), "-m", tiny_model_path, "-o", str(out)]
+    args += ["--max-new-tokens", "8", "--pairs", "revision", "--pairs", "contrast", "--pairs", "judge"]
+    result = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = read(out / "generations.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(f"q{i}{s}" for i in range(6) for s in ("", ":contrast", ":judge"))
+    judged = [r for r in rows if r.get("pair") == "judge"]
+    assert all(0.5 <= r["score"] <= 1 and len(r["judge"]["samples"]) == 2 for r in judged)
