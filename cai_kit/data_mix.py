@@ -44,7 +44,10 @@ def _pref_row(row: dict[str, Any]) -> dict[str, Any] | str:
     missing = [column for column in PREF_COLUMNS if column not in row]
     if missing:
         return f"missing {', '.join(missing)} (expected keys: {', '.join(PREF_COLUMNS)})"
-    return {column: row[column] for column in PREF_COLUMNS}
+    shaped = {column: row[column] for column in PREF_COLUMNS}
+    if isinstance(row.get("score"), (int, float)):
+        shaped["score"] = row["score"]
+    return shaped
 
 
 SHAPES = {"sft": _sft_row, "dpo": _pref_row}
@@ -73,14 +76,17 @@ def read_rows(path: Path, stage: str) -> list[dict[str, Any]]:
     return rows
 
 
-def mix(sources: list[Source], stage: str, test_split: float,
-        seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Return (train rows, test rows, one count record per source)."""
+def mix(sources: list[Source], stage: str, test_split: float, seed: int,
+        min_score: float = 0.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return (train rows, test rows, one count record per source); pairs scored below min_score are dropped."""
     train: list[dict[str, Any]] = []
     test: list[dict[str, Any]] = []
     counts = []
     for source in sources:
         rows = read_rows(source.path, stage)
+        scored_low = [row for row in rows if row.get("score", 1.0) < min_score]
+        rows = [row for row in rows if row.get("score", 1.0) >= min_score]
+        rows = [{key: value for key, value in row.items() if key != "score"} for row in rows]
         random.Random(f"{seed}:{source.name}").shuffle(rows)
         held = 0 if test_split == 0 or len(rows) < 2 else max(1, round(len(rows) * test_split))
         kept = rows[held:]
@@ -91,7 +97,7 @@ def mix(sources: list[Source], stage: str, test_split: float,
         test += rows[:held]
         train += picked
         counts.append({"source": source.name, "path": str(source.path), "rows": len(rows), "weight": source.weight,
-                       "train": len(picked), "test": held})
+                       "train": len(picked), "test": held, "below_min_score": len(scored_low)})
     random.Random(seed).shuffle(train)
     return train, test, counts
 
@@ -106,6 +112,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def describe(stage: str, counts: list[dict[str, Any]]) -> str:
     """One log line: where each stage's rows came from."""
     parts = [f"{c['source']} {c['rows']} rows (weight {c['weight']:g}) -> {c['train']} train / {c['test']} test"
+             + (f" ({c['below_min_score']} below min_score left out)" if c.get("below_min_score") else "")
              for c in counts]
     total = f"total {sum(c['train'] for c in counts)} train / {sum(c['test'] for c in counts)} test"
     return f"{stage} data: " + "; ".join([*parts, total])

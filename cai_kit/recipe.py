@@ -87,6 +87,9 @@ class DataSection(BaseModel):
     sft: list[DataFile] = Field(default_factory=list)  # rows {"messages": [...]} or {"prompt", "completion"}
     prefs: list[DataFile] = Field(default_factory=list)  # rows {"prompt", "chosen", "rejected"}
     test_split: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Pairs whose judge `score` (the judge's preference for `chosen`, from `--pairs judge`) is below this
+    # are left out of DPO; pairs without a score (revision, contrast) are always kept.
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class Recipe(BaseModel):

@@ -135,7 +135,8 @@ def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
         sources.append(Source(Path(item.path).name, Path(item.path), item.weight))
     if not sources:
         raise UsageError(f"{stage}: no data: add a generate run or data.{'sft' if stage == 'sft' else 'prefs'} files")
-    train, test, counts = mix(sources, stage, recipe.data.test_split, recipe.seed)
+    min_score = recipe.data.min_score if stage == "dpo" else 0.0
+    train, test, counts = mix(sources, stage, recipe.data.test_split, recipe.seed, min_score)
     if not train:
         raise UsageError(f"{stage}: no training rows in {', '.join(str(s.path) for s in sources)}")
     write_jsonl(data / "train.jsonl", train)

@@ -94,6 +94,19 @@ def test_mix_splits_each_source_before_weighting(tmp_path):
     assert mix(sources, "sft", 0.2, seed=0)[0] == train  # seeded: a resumed run sees the same rows
 
 
+def test_judged_pairs_below_min_score_are_left_out_of_dpo(tmp_path):
+    def pair(i, score=None):
+        row = {"prompt": [_user(f"q{i}")], "chosen": [_assistant("good")], "rejected": [_assistant("bad")]}
+        return row if score is None else {**row, "score": score}
+
+    rows = [pair(0, 0.55), pair(1, 0.9), pair(2, 0.95), pair(3)]  # pair 3 is unscored (revision or contrast)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    train, test, counts = mix([Source("p", tmp_path / "p.jsonl", 1.0)], "dpo", 0.0, seed=0, min_score=0.8)
+    assert sorted(r["prompt"][0]["content"] for r in train) == ["q1", "q2", "q3"]
+    assert counts[0]["below_min_score"] == 1 and all("score" not in r for r in train)
+    assert len(mix([Source("p", tmp_path / "p.jsonl", 1.0)], "dpo", 0.0, seed=0)[0]) == 4
+
+
 def test_sft_then_dpo_with_lora(recipe_path, tiny_model_path, monkeypatch):
     import trl
     from accelerate.utils import is_peft_model
