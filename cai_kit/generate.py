@@ -182,22 +182,40 @@ def critique_and_revise(
             steps[k].append({"principle": principle.name, "critique": critique.text.strip(), "revision": text})
             answers[k] = text
     return [
-        {
-            "id": row.id,
-            "prompt": row.prompt,
-            "category": row.category,
-            "source": row.source,
-            "initial": clean_answer(first.text),
-            "steps": row_steps,
-            "final": final,
-            "finish_reason": reason,
-            "model": options.model,
-            "models": model_roles(options),
-            "seed": options.seed,
-            "constitution": constitution.name,
-        }
+        _row(row, "revision", options, constitution, clean_answer(first.text), row_steps, final, reason)
         for row, first, row_steps, final, reason in zip(chunk, initial, steps, answers, finish)
     ]
+
+
+def _row(
+    prompt: PromptRow,
+    mode: str,
+    options: GenerateOptions,
+    constitution: Constitution,
+    initial: str,
+    steps: list[dict[str, Any]],
+    final: str,
+    finish_reason: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One row of generations.jsonl (DESIGN.md's columns, plus `pair` and `prompt_id` for modes other than
+    revision, `models` for provenance, and whatever the mode adds)."""
+    ids = {"id": _row_id(prompt.id, mode)} | ({} if mode == "revision" else {"prompt_id": prompt.id, "pair": mode})
+    return {
+        **ids,
+        "prompt": prompt.prompt,
+        "category": prompt.category,
+        "source": prompt.source,
+        "initial": initial,
+        "steps": steps,
+        "final": final,
+        **extra,
+        "finish_reason": finish_reason,
+        "model": options.model,
+        "models": model_roles(options),
+        "seed": options.seed,
+        "constitution": constitution.name,
+    }
 
 
 def contrast_pairs(
@@ -243,22 +261,7 @@ def contrast_pairs(
         if "error" in (toward.finish_reason, away.finish_reason):
             reason, final = "error", toward.text if toward.finish_reason == "error" else away.text
         rows.append(
-            {
-                "id": f"{row.id}:contrast",
-                "prompt_id": row.id,
-                "pair": "contrast",
-                "prompt": row.prompt,
-                "category": row.category,
-                "source": row.source,
-                "initial": rejected,
-                "steps": [{"principle": principle.name}],
-                "final": final,
-                "finish_reason": reason,
-                "model": options.model,
-                "models": model_roles(options),
-                "seed": options.seed,
-                "constitution": constitution.name,
-            }
+            _row(row, "contrast", options, constitution, rejected, [{"principle": principle.name}], final, reason)
         )
     return rows
 
@@ -320,30 +323,16 @@ def judged_pairs(
         (final, reason), (rejected, rejected_reason) = samples[k][best], samples[k][worst]
         if "error" in (reason, rejected_reason):
             reason = "error"
+        verdict = {
+            "question": asked[k],
+            "model": options.judge_model or options.model,
+            "consistent": bool(pair and pair.consistent),
+            "samples": [text for text, _ in samples[k]],
+        }
         rows.append(
-            {
-                "id": f"{row.id}:judge",
-                "prompt_id": row.id,
-                "pair": "judge",
-                "prompt": row.prompt,
-                "category": row.category,
-                "source": row.source,
-                "initial": rejected,
-                "steps": [],
-                "final": final,
-                "score": round(p_best, 4),
-                "judge": {
-                    "question": asked[k],
-                    "model": options.judge_model or options.model,
-                    "consistent": bool(pair and pair.consistent),
-                    "samples": [text for text, _ in samples[k]],
-                },
-                "finish_reason": reason,
-                "model": options.model,
-                "models": model_roles(options),
-                "seed": options.seed,
-                "constitution": constitution.name,
-            }
+            _row(
+                row, "judge", options, constitution, rejected, [], final, reason, score=round(p_best, 4), judge=verdict
+            )
         )
     return rows
 
@@ -378,17 +367,21 @@ def _row_id(prompt_id: str, mode: str) -> str:
     return prompt_id if mode == "revision" else f"{prompt_id}:{mode}"
 
 
-def _judge_engine(options: GenerateOptions, engine: Engine) -> Engine:
-    """The engine that judges `--pairs judge`: the generating one unless --judge-model names another."""
-    if not options.judge_model or options.judge_model == options.model:
-        return engine
+def _engine(options: GenerateOptions, model: str) -> Engine:
     return load_engine(
         options.engine,
-        options.judge_model,
+        model,
         batch_size=options.batch_size,
         trust_remote_code=options.trust_remote_code,
         **options.engine_options,
     )
+
+
+def _judge_engine(options: GenerateOptions, engine: Engine) -> Engine:
+    """The engine that judges `--pairs judge`: the generating one unless --judge-model names another."""
+    if not options.judge_model or options.judge_model == options.model:
+        return engine
+    return _engine(options, options.judge_model)
 
 
 def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
@@ -490,13 +483,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     started = time.perf_counter()
     if todo:
         if engine is None:
-            engine = load_engine(
-                options.engine,
-                options.model,
-                batch_size=options.batch_size,
-                trust_remote_code=options.trust_remote_code,
-                **options.engine_options,
-            )
+            engine = _engine(options, options.model)
         judge: Engine | None = None
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
