@@ -185,6 +185,12 @@ def env() -> None:
     type=click.FloatRange(0, 0.5),
     help="--pairs judge: drop pairs whose judged preference is within this of 0.5.  [default: 0.1]",
 )
+@click.option("--trust-judge", is_flag=True, help="--pairs judge: skip the judge-check gate and use the judge anyway.")
+@click.option(
+    "--judge-fallback",
+    type=click.Choice(["revision", "contrast"]),
+    help="--pairs judge: make these pairs instead when the judge fails its check (else the run stops).",
+)
 @click.option(
     "--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique."
 )

@@ -82,7 +82,7 @@ def principle_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     return header, cells
 
 
-def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, Any]]) -> None:
+def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, Any]], notes: list[str] = ()) -> None:
     statuses = Counter(row["status"] for row in rows)
     kept = statuses.pop("ok", 0)
     models = contributors(options, rows)
@@ -99,7 +99,8 @@ def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, An
         "---",
         f"# {constitution.name}: self-critiqued and revised answers",
         "",
-        *[PAIR_TEXT[mode] for mode in options.pairs],
+        *[PAIR_TEXT[mode] for mode in dict.fromkeys(options.pairs)],
+        *[f"\n**Note:** {note}" for note in notes],
         "",
         f"- model: `{options.model}` (licence: {licence})",
         f"- constitution: `{constitution.name}` ({options.constitution}), sha256 `{constitution.sha256}`",

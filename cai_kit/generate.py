@@ -8,7 +8,9 @@ most one chunk, and a rerun on the same folder skips every finished id.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
+import json
 import random
 import sys
 import time
@@ -66,6 +68,13 @@ class GenerateOptions(BaseModel):
     judge_samples: int = Field(2, ge=2)  # --pairs judge: answers sampled per prompt (best vs worst is kept)
     judge_temperature: float = Field(0.8, gt=0.0)  # --pairs judge: sampling temperature of those answers
     judge_margin: float = Field(0.1, ge=0.0, le=0.5)  # pairs whose preference is within this of 0.5 are dropped
+    # --pairs judge first runs `cai judge-check` on the judge (cached per judge model) and stops when it
+    # scores below these, unless trust_judge; with judge_fallback (revision or contrast) it makes those
+    # pairs instead, and says so in the log and the data card.
+    judge_min_accuracy: float = Field(0.65, ge=0.0, le=1.0)
+    judge_min_consistency: float = Field(0.6, ge=0.0, le=1.0)
+    trust_judge: bool = False
+    judge_fallback: str | None = None
     # A reply that a principle's `opening` started keeps this many sentences after it (0: all). After
     # a sentence or two a 135M model drifts back into the answer the opening was meant to stop.
     steered_sentences: int = Field(1, ge=0)
@@ -384,6 +393,45 @@ def _judge_engine(options: GenerateOptions, engine: Engine) -> Engine:
     return _engine(options, options.judge_model)
 
 
+def check_judge_once(options: GenerateOptions, judge: Engine, questions: list[str]) -> dict[str, Any]:
+    """`cai judge-check` on the judge with these questions, cached per (judge model, questions, check set)."""
+    from cai_kit.judge_check import CHECK_SET, check_judge
+    from cai_kit.models import cache_dir
+
+    key = json.dumps(
+        [options.judge_model or options.model, questions, hashlib.sha256(CHECK_SET.read_bytes()).hexdigest()]
+    )
+    path = cache_dir() / "judge-check" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    print(
+        f"cai generate: checking the judge {options.judge_model or options.model} first (cai judge-check)",
+        file=sys.stderr,
+    )
+    results = check_judge(judge, questions)
+    summary = {k: results[k] for k in ("judge", "n", "accuracy", "consistency", "first_position_bias")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return summary
+
+
+def gate_judge(options: GenerateOptions, judge: Engine, constitution: Constitution) -> str | None:
+    """None when the judge may label pairs; else the reason it may not (the caller falls back or stops)."""
+    if options.trust_judge:
+        return None
+    check = check_judge_once(options, judge, constitution.judge or [DEFAULT_JUDGE_QUESTION])
+    accuracy, consistency = check["accuracy"]["rate"], check["consistency"]["rate"]
+    if accuracy >= options.judge_min_accuracy and consistency >= options.judge_min_consistency:
+        return None
+    return (
+        f"the judge {options.judge_model or options.model} failed cai judge-check: accuracy {accuracy:.2f} "
+        f"(needs {options.judge_min_accuracy:.2f}), order consistency {consistency:.2f} "
+        f"(needs {options.judge_min_consistency:.2f}) on {check['n']} pairs"
+    )
+
+
 def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
     """ "ok" or why the row is filtered; `seen` holds the normalised finals kept so far (duplicates)."""
     if row["finish_reason"] == "error":
@@ -465,11 +513,29 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     unknown = sorted(set(options.pairs) - set(PAIR_MODES))
     if unknown:
         raise UsageError(f"pairs: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(PAIR_MODES)}")
+    if options.judge_fallback not in (None, "revision", "contrast"):
+        raise UsageError(f"judge_fallback: {options.judge_fallback!r} is not revision or contrast")
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
+    modes = list(dict.fromkeys(options.pairs))
+    judge: Engine | None = None
+    notes: list[str] = []
+    if "judge" in modes:  # before the folder is touched: a judge that fails its check stops the run here
+        engine = engine or _engine(options, options.model)
+        judge = _judge_engine(options, engine)
+        refused = gate_judge(options, judge, constitution)
+        if refused and not options.judge_fallback:
+            raise UsageError(
+                f"--pairs judge: {refused}; its labels would be noise. Use a bigger --judge-model, --pairs contrast, "
+                "--judge-fallback revision|contrast, or --trust-judge to use it anyway"
+            )
+        if refused:
+            fallback = options.judge_fallback
+            print(f"cai generate: {refused}; making {fallback} pairs instead (judge_fallback)", file=sys.stderr)
+            notes.append(f"Judge pairs were asked for, but {refused}; {fallback} pairs were made instead.")
+            modes = list(dict.fromkeys(fallback if mode == "judge" else mode for mode in modes))
     folder = RunFolder(options.out or default_out(options.constitution))
     rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
-    modes = list(dict.fromkeys(options.pairs))
     wanted = {_row_id(row.id, mode) for row in prompts for mode in modes}
     done = {row["id"] for row in rows}
     pending = [(mode, [row for row in prompts if _row_id(row.id, mode) not in done]) for mode in modes]
@@ -484,7 +550,6 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     if todo:
         if engine is None:
             engine = _engine(options, options.model)
-        judge: Engine | None = None
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
         for mode, mode_rows in pending:
@@ -506,7 +571,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
                 if tokens:
                     bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
         bar.close()
-    write_card(folder, constitution, options, rows)
+    write_card(folder, constitution, options.model_copy(update={"pairs": modes}), rows, notes)
     print_summary(folder, rows, time.perf_counter() - started)
     if options.push_to_hub:
         push_folder(folder.path, options.push_to_hub)

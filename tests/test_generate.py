@@ -495,10 +495,10 @@ class JudgedEngine:
     model_name = "judged"
 
     def __init__(self, margin: float = 5.0):
-        self.margin, self.calls, self.judged = margin, 0, 0
+        self.margin, self.calls, self.judged, self.temperatures = margin, 0, 0, set()
 
     def generate(self, conversations, params: GenParams):
-        assert params.temperature > 0, "judge mode samples its answers"
+        self.temperatures.add(params.temperature)
         out = []
         for chat in conversations:
             self.calls += 1
@@ -523,10 +523,11 @@ class JudgedEngine:
 def test_judge_pairs_keep_the_judged_better_answer_with_its_score(setup):
     Path(setup[0]).write_text(CONSTITUTION + "judge:\n  - Which answer is safer?\n")
     engine = JudgedEngine()
-    out = run_generate(options(setup, pairs=["judge"]), engine=engine)
+    out = run_generate(options(setup, pairs=["judge"], trust_judge=True), engine=engine)
     rows = read(out / "generations.jsonl")
     assert [r["id"] for r in rows] == [f"q{i}:judge" for i in range(6)]
     assert engine.calls == 12 and engine.judged == 6 * 2 * 2  # 2 orders x 2 labels per pair
+    assert engine.temperatures == {0.8}  # the answers are sampled
     for row in rows:
         assert row["status"] == "ok" and row["final"].startswith("GOOD") and row["initial"].startswith("BAD")
         assert row["score"] > 0.99 and row["judge"]["question"] == "Which answer is safer?"
@@ -536,7 +537,9 @@ def test_judge_pairs_keep_the_judged_better_answer_with_its_score(setup):
 
 
 def test_judge_pairs_too_close_to_call_are_dropped(setup):
-    out = run_generate(options(setup, pairs=["judge"], judge_margin=0.2), engine=JudgedEngine(margin=0.1))
+    out = run_generate(
+        options(setup, pairs=["judge"], judge_margin=0.2, trust_judge=True), engine=JudgedEngine(margin=0.1)
+    )
     rows = read(out / "generations.jsonl")
     assert {r["status"] for r in rows} == {"low_margin"} and all(0.5 < r["score"] < 0.7 for r in rows)
     assert read(out / "prefs.jsonl") == []
@@ -551,7 +554,7 @@ def test_a_named_judge_model_is_loaded_and_asked(setup, monkeypatch):
         def logprobs(self, conversations, continuations):
             raise AssertionError("the writer must not judge when --judge-model names another model")
 
-    out = run_generate(options(setup, pairs=["judge"], judge_model="other-judge"), engine=Writer())
+    out = run_generate(options(setup, pairs=["judge"], judge_model="other-judge", trust_judge=True), engine=Writer())
     assert loaded == ["other-judge"] and judge.judged > 0
     rows = read(out / "generations.jsonl")
     assert all(r["models"]["judge"] == "other-judge" and r["final"].startswith("GOOD") for r in rows)
@@ -560,10 +563,75 @@ def test_a_named_judge_model_is_loaded_and_asked(setup, monkeypatch):
 def test_all_three_pair_modes_through_the_real_cli_on_the_tiny_model(setup, tiny_model_path):
     constitution, prompts, out = setup
     args = ["-c", str(constitution), "-p", str(prompts), "-m", tiny_model_path, "-o", str(out)]
-    args += ["--max-new-tokens", "8", "--pairs", "revision", "--pairs", "contrast", "--pairs", "judge"]
+    args += [
+        "--max-new-tokens",
+        "8",
+        "--pairs",
+        "revision",
+        "--pairs",
+        "contrast",
+        "--pairs",
+        "judge",
+        "--trust-judge",
+    ]
     result = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = read(out / "generations.jsonl")
     assert sorted(r["id"] for r in rows) == sorted(f"q{i}{s}" for i in range(6) for s in ("", ":contrast", ":judge"))
     judged = [r for r in rows if r.get("pair") == "judge"]
     assert all(0.5 <= r["score"] <= 1 and len(r["judge"]["samples"]) == 2 for r in judged)
+
+
+class PositionBiasedJudge(JudgedEngine):
+    """Always prefers the answer shown first: accuracy near chance, order consistency zero."""
+
+    def logprobs(self, conversations, continuations):
+        self.judged += len(conversations)
+        return [0.0 if label.strip() == "A" else -5.0 for label in continuations]
+
+
+def test_a_judge_that_fails_judge_check_stops_the_run_before_anything_is_written(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UsageError, match=r"failed cai judge-check: accuracy 0\.\d\d .*consistency 0\.00"):
+        run_generate(options(setup, pairs=["judge"]), engine=PositionBiasedJudge())
+    assert not Path(setup[2]).exists()
+    assert list((tmp_path / "cache" / "judge-check").glob("*.json")), "the check is cached per judge"
+
+
+def test_a_failed_judge_falls_back_and_the_card_says_so(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))
+    engine = PositionBiasedJudge()
+    out = run_generate(options(setup, pairs=["judge"], judge_fallback="revision"), engine=engine)
+    rows = read(out / "generations.jsonl")
+    assert [r["id"] for r in rows] == [f"q{i}" for i in range(6)]  # revision rows, not judged ones
+    card = (out / "README.md").read_text()
+    assert "failed cai judge-check" in card and "revision pairs were made instead" in card
+    judged_before = engine.judged
+    again = PositionBiasedJudge()
+    run_generate(options(setup, pairs=["judge"], judge_fallback="revision"), engine=again)
+    assert again.judged == 0 and judged_before > 0  # the cached check is reused, nothing left to do
+
+
+def test_a_judge_that_passes_its_check_labels_the_pairs(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))
+
+    from cai_kit.judge_check import load_check_set
+
+    known = {p.better: p.worse for p in load_check_set()}
+
+    class KnowsTheCheckSet(JudgedEngine):
+        def logprobs(self, conversations, continuations):
+            self.judged += len(conversations)
+            scores = []
+            for chat, label in zip(conversations, continuations):
+                text = chat[-1]["content"]
+                better, worse = next(((b, w) for b, w in known.items() if b in text and w in text), ("GOOD", "BAD."))
+                a_is_better = text.index(better) < text.index(worse)
+                scores.append(0.0 if (label.strip() == "A") == a_is_better else -5.0)
+            return scores
+
+    engine = KnowsTheCheckSet()
+    out = run_generate(options(setup, pairs=["judge"]), engine=engine)
+    rows = read(out / "generations.jsonl")
+    assert [r["id"] for r in rows] == [f"q{i}:judge" for i in range(6)] and {r["status"] for r in rows} == {"ok"}
+    assert engine.judged == len(known) * 4 + 6 * 4  # the whole check set, then the six pairs
