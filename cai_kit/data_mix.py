@@ -76,9 +76,22 @@ def read_rows(path: Path, stage: str) -> list[dict[str, Any]]:
     return rows
 
 
-def mix(sources: list[Source], stage: str, test_split: float, seed: int,
-        min_score: float = 0.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Return (train rows, test rows, one count record per source); pairs scored below min_score are dropped."""
+def _without_score(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key != "score"}
+
+
+def soft_label(row: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The pair without its score, chosen and rejected swapped with probability 1 - score (the soft label, sampled)."""
+    pair = _without_score(row)
+    if "score" in row and rng.random() >= row["score"]:
+        pair["chosen"], pair["rejected"] = row["rejected"], row["chosen"]
+    return pair
+
+
+def mix(sources: list[Source], stage: str, test_split: float, seed: int, min_score: float = 0.0,
+        soft_labels: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return (train rows, test rows, one count record per source); pairs scored below min_score are dropped,
+    and with soft_labels each scored training pair is flipped with probability 1 - score."""
     train: list[dict[str, Any]] = []
     test: list[dict[str, Any]] = []
     counts = []
@@ -86,10 +99,13 @@ def mix(sources: list[Source], stage: str, test_split: float, seed: int,
         rows = read_rows(source.path, stage)
         scored_low = [row for row in rows if row.get("score", 1.0) < min_score]
         rows = [row for row in rows if row.get("score", 1.0) >= min_score]
-        rows = [{key: value for key, value in row.items() if key != "score"} for row in rows]
         random.Random(f"{seed}:{source.name}").shuffle(rows)
         held = 0 if test_split == 0 or len(rows) < 2 else max(1, round(len(rows) * test_split))
-        kept = rows[held:]
+        # Held-out pairs keep the judge's orientation (they measure it); training pairs get the soft labels.
+        rng = random.Random(f"{seed}:{source.name}:soft")
+        kept = [soft_label(row, rng) if soft_labels else _without_score(row) for row in rows[held:]]
+        flipped = sum(row["chosen"] != pair["chosen"] for row, pair in zip(rows[held:], kept)) if stage == "dpo" else 0
+        rows = [_without_score(row) for row in rows[:held]] + kept
         # weight 2.5 -> every row twice, plus half of them once more
         whole, part = divmod(source.weight, 1.0)
         extra = random.Random(f"{seed}:{source.name}:weight").sample(kept, round(len(kept) * part))
@@ -97,7 +113,8 @@ def mix(sources: list[Source], stage: str, test_split: float, seed: int,
         test += rows[:held]
         train += picked
         counts.append({"source": source.name, "path": str(source.path), "rows": len(rows), "weight": source.weight,
-                       "train": len(picked), "test": held, "below_min_score": len(scored_low)})
+                       "train": len(picked), "test": held, "below_min_score": len(scored_low),
+                       "flipped_by_soft_labels": flipped})
     random.Random(seed).shuffle(train)
     return train, test, counts
 
@@ -113,6 +130,7 @@ def describe(stage: str, counts: list[dict[str, Any]]) -> str:
     """One log line: where each stage's rows came from."""
     parts = [f"{c['source']} {c['rows']} rows (weight {c['weight']:g}) -> {c['train']} train / {c['test']} test"
              + (f" ({c['below_min_score']} below min_score left out)" if c.get("below_min_score") else "")
+             + (f" ({c['flipped_by_soft_labels']} flipped by soft labels)" if c.get("flipped_by_soft_labels") else "")
              for c in counts]
     total = f"total {sum(c['train'] for c in counts)} train / {sum(c['test'] for c in counts)} test"
     return f"{stage} data: " + "; ".join([*parts, total])

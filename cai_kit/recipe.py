@@ -90,6 +90,10 @@ class DataSection(BaseModel):
     # Pairs whose judge `score` (the judge's preference for `chosen`, from `--pairs judge`) is below this
     # are left out of DPO; pairs without a score (revision, contrast) are always kept.
     min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Soft labels: each scored pair is flipped (chosen and rejected swapped) with probability 1 - score,
+    # seeded, so the DPO loss is, in expectation, the soft-label loss -(s log sig(b h) + (1 - s) log sig(-b h))
+    # of conservative DPO: a 0.6 pair pulls weakly, a 0.95 pair strongly. Unscored pairs are never flipped.
+    soft_labels: bool = False
 
 
 class Recipe(BaseModel):

@@ -136,7 +136,8 @@ def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
     if not sources:
         raise UsageError(f"{stage}: no data: add a generate run or data.{'sft' if stage == 'sft' else 'prefs'} files")
     min_score = recipe.data.min_score if stage == "dpo" else 0.0
-    train, test, counts = mix(sources, stage, recipe.data.test_split, recipe.seed, min_score)
+    soft = recipe.data.soft_labels and stage == "dpo"
+    train, test, counts = mix(sources, stage, recipe.data.test_split, recipe.seed, min_score, soft)
     if not train:
         raise UsageError(f"{stage}: no training rows in {', '.join(str(s.path) for s in sources)}")
     write_jsonl(data / "train.jsonl", train)

@@ -21,8 +21,10 @@ from cai_kit.recipe import load_recipe
 from cai_kit.train import run_train
 
 REPO = Path(__file__).resolve().parent.parent
-TRL = ("{max_steps: 4, per_device_train_batch_size: 4, learning_rate: 1.0e-3, bf16: false, "
-       "activation_checkpointing: false, logging_steps: 1, save_steps: 2, disable_tqdm: true}")
+TRL = (
+    "{max_steps: 4, per_device_train_batch_size: 4, learning_rate: 1.0e-3, bf16: false, "
+    "activation_checkpointing: false, logging_steps: 1, save_steps: 2, disable_tqdm: true}"
+)
 
 
 def _user(text):
@@ -36,22 +38,35 @@ def _assistant(text):
 @pytest.fixture
 def recipe_path(tmp_path) -> Path:
     """A recipe over 12 handwritten SFT chats and 12 preference pairs, 4 steps per stage."""
-    sft = [{"id": f"s{i}", "messages": [_user(f"How do I bake bread, try {i}?"),
-                                        _assistant("Mix flour, water, salt and yeast, knead, rest and bake.")]}
-           for i in range(12)]
-    prefs = [{"id": f"p{i}", "prompt": [_user(f"Help me hurt someone, case {i}.")],
-              "chosen": [_assistant("I can't help with that, but here is a safer way to get what you need.")],
-              "rejected": [_assistant("Point out every way the answer could hurt someone.")], "score": 0.9}
-             for i in range(12)]
+    sft = [
+        {
+            "id": f"s{i}",
+            "messages": [
+                _user(f"How do I bake bread, try {i}?"),
+                _assistant("Mix flour, water, salt and yeast, knead, rest and bake."),
+            ],
+        }
+        for i in range(12)
+    ]
+    prefs = [
+        {
+            "id": f"p{i}",
+            "prompt": [_user(f"Help me hurt someone, case {i}.")],
+            "chosen": [_assistant("I can't help with that, but here is a safer way to get what you need.")],
+            "rejected": [_assistant("Point out every way the answer could hurt someone.")],
+            "score": 0.9,
+        }
+        for i in range(12)
+    ]
     for name, rows in (("sft.jsonl", sft), ("prefs.jsonl", prefs)):
         (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
     path = tmp_path / "recipe.yaml"
     path.write_text(f"""model: tiny-random
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 data:
   test_split: 0.25
-  sft: [{{path: {tmp_path / 'sft.jsonl'}}}]
-  prefs: [{{path: {tmp_path / 'prefs.jsonl'}}}]
+  sft: [{{path: {tmp_path / "sft.jsonl"}}}]
+  prefs: [{{path: {tmp_path / "prefs.jsonl"}}}]
 sft:
   lora: {{r: 4, alpha: 8, dropout: 0.0}}
   trl: {TRL}
@@ -74,8 +89,9 @@ def _chats(folder) -> None:
     """The folder loads as a plain HF model and answers through its chat template."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
-    inputs = tokenizer.apply_chat_template([_user("hello")], add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [_user("hello")], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
 
@@ -107,6 +123,26 @@ def test_judged_pairs_below_min_score_are_left_out_of_dpo(tmp_path):
     assert len(mix([Source("p", tmp_path / "p.jsonl", 1.0)], "dpo", 0.0, seed=0)[0]) == 4
 
 
+def test_soft_labels_flip_training_pairs_with_probability_one_minus_score(tmp_path):
+    def pair(i, score=None):
+        row = {"prompt": [_user(f"q{i}")], "chosen": [_assistant(f"good{i}")], "rejected": [_assistant(f"bad{i}")]}
+        return row if score is None else {**row, "score": score}
+
+    rows = [pair(i, 0.75) for i in range(400)] + [pair(i, 1.0) for i in range(400, 450)] + [pair(450)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    source = [Source("p", tmp_path / "p.jsonl", 1.0)]
+    train, test, counts = mix(source, "dpo", 0.1, seed=0, soft_labels=True)
+    flipped = [r for r in train if r["chosen"][0]["content"].startswith("bad")]
+    assert counts[0]["flipped_by_soft_labels"] == len(flipped)
+    scored_75 = [r for r in train if int(r["prompt"][0]["content"][1:]) < 400]
+    assert 0.17 < len(flipped) / len(scored_75) < 0.33  # 1 - 0.75, sampled
+    assert all(int(r["prompt"][0]["content"][1:]) < 400 for r in flipped)  # score 1.0 and unscored never flip
+    assert all(r["chosen"][0]["content"].startswith("good") for r in test)  # held-out pairs keep the judge's label
+    assert mix(source, "dpo", 0.1, seed=0, soft_labels=True)[0] == train  # seeded
+    hard = mix(source, "dpo", 0.1, seed=0)[0]
+    assert all(r["chosen"][0]["content"].startswith("good") for r in hard)
+
+
 def test_sft_then_dpo_with_lora(recipe_path, tiny_model_path, monkeypatch):
     import trl
     from accelerate.utils import is_peft_model
@@ -134,8 +170,14 @@ def test_sft_then_dpo_with_lora(recipe_path, tiny_model_path, monkeypatch):
     assert not any("lora" in name for name in dpo)  # merged: a plain model
     assert final == run / "model"
     _chats(final)
-    for name in ("README.md", "training_curves.png", "training_curves.json", "chat_template.jinja",
-                 "generation_config.json", "tokenizer.json"):
+    for name in (
+        "README.md",
+        "training_curves.png",
+        "training_curves.json",
+        "chat_template.jinja",
+        "generation_config.json",
+        "tokenizer.json",
+    ):
         assert (final / name).is_file(), name
     curves = json.loads((final / "training_curves.json").read_text())
     assert curves["sft"]["loss"] and curves["dpo"]["rewards/margins"] and curves["dpo"]["eval_rewards/accuracies"]
