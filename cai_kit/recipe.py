@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from cai_kit.config_file import KeyPath, format_key_path, line_of, read_yaml, validation_problems
 from cai_kit.errors import UsageError
@@ -113,10 +113,28 @@ class Recipe(BaseModel):
     eval: dict[str, Any] | None = None  # cai_kit.evaluate.EvalOptions, less model/baseline/out
     processes: int = Field(default=1, ge=1)  # > 1: the training stages run under `accelerate launch`
     accelerate_config: str | None = None  # an accelerate config file (DeepSpeed, FSDP); none: DDP
+    # Iterative self-alignment: round r > 1 regenerates the data with round r-1's model and trains that
+    # model again, in output_dir/round-<r>, each round evaluated against the recipe's base model.
+    rounds: int = Field(default=1, ge=1)
+
+    _base_model: str | None = PrivateAttr(default=None)  # set on the recipes of rounds after the first
 
     @property
     def out(self) -> Path:
         return Path(self.output_dir or "runs/train")
+
+    @property
+    def base_model(self) -> str:
+        """The model round 1 started from: every round's eval baseline."""
+        return self._base_model or self.model
+
+    def for_round(self, index: int, model: str) -> Recipe:
+        """The recipe of round `index` (2, 3, ...): starts from `model`, writes under output_dir/round-<index>."""
+        later = self.model_copy(
+            update={"model": model, "output_dir": str(self.out / f"round-{index}"), "seed": self.seed + index - 1}
+        )
+        later._base_model = self.base_model
+        return later
 
     def generate_dir(self, index: int) -> Path:
         return self.out / "generate" / f"{index}-{Path(self.generate[index].constitution).stem}"

@@ -56,7 +56,52 @@ def mark_complete(folder: Path, **details: Any) -> None:
 
 
 def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
-    """Run the recipe's stages (or `stages`) in order; return the final model folder (or output_dir)."""
+    """Run the recipe's stages (or `stages`) in order, `rounds` times; return the final model folder.
+
+    Round 1 writes to output_dir; round r > 1 regenerates with round r-1's model and trains it again in
+    output_dir/round-<r> (Self-Rewarding and SPIN report most of their gain in the first 2-3 rounds).
+    A finished round's stages are skipped on rerun, like any finished stage.
+    """
+    final = run_round(recipe, stages, callbacks)
+    rounds = [(1, recipe.out)]
+    for index in range(2, recipe.rounds + 1):
+        if not (final / "config.json").is_file():
+            raise UsageError(f"rounds: round {index} starts from round {index - 1}'s model, and it has none yet")
+        later = recipe.for_round(index, str(final))
+        log(f"round {index} of {recipe.rounds}: generating with {final}")
+        final = run_round(later, stages, callbacks)
+        rounds.append((index, later.out))
+    if recipe.rounds > 1:
+        write_rounds_table(recipe.out, rounds)
+    return final
+
+
+def write_rounds_table(out: Path, rounds: list[tuple[int, Path]]) -> None:
+    """output_dir/rounds.md: each round's headline eval figures against the base model."""
+    lines = ["| round | model | suite | metric | baseline | model |", "| --- | --- | --- | --- | --- | --- |"]
+    for index, folder in rounds:
+        marker = folder / "eval" / MARKER
+        results = json.loads(marker.read_text()).get("results") if marker.is_file() else None
+        suites = (results or {}).get("suites", {})
+        for suite in ("harmful", "over_refusal"):
+            scores = (suites.get(suite) or {}).get("scores", {})
+            if scores:
+                cells = [_rate(scores.get(who, {}).get("refused")) for who in ("baseline", "model")]
+                lines.append(f"| {index} | `{folder / 'model'}` | {suite} | refused | {cells[0]} | {cells[1]} |")
+        pairwise = (suites.get("helpful") or {}).get("pairwise")
+        if pairwise:
+            win = _rate(pairwise["win_rate"])
+            lines.append(f"| {index} | `{folder / 'model'}` | helpful | win rate | - | {win} |")
+    (out / "rounds.md").write_text("# Rounds\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    log(f"rounds: {out / 'rounds.md'}")
+
+
+def _rate(value: Any) -> str:
+    return f"{value['rate']:.2f}" if isinstance(value, dict) and value.get("rate") is not None else "-"
+
+
+def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
+    """One pass of the recipe's stages (or `stages`); return the final model folder (or output_dir)."""
     chosen = [stage for stage in STAGES if stage in (stages or recipe.stages)]
     if {"generate", "sft", "dpo"} & set(chosen):
         from cai_kit.licence_guard import check_recipe
@@ -311,7 +356,7 @@ def eval_stage(recipe: Recipe, model: Path) -> dict[str, Any] | None:
     except ImportError:
         log("eval: cai_kit.evaluate is not available; skipped")
         return None
-    results = run_eval(EvalOptions(**recipe.eval, model=str(model), baseline=recipe.model, out=str(folder)))
+    results = run_eval(EvalOptions(**recipe.eval, model=str(model), baseline=recipe.base_model, out=str(folder)))
     mark_complete(folder, results=results)
     return results
 

@@ -261,3 +261,25 @@ def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monke
     assert again.exit_code == 0, again.output
     for stage in ("generate[0]", "generate[1]", "sft", "dpo", "eval"):
         assert f"{stage}: complete, skipped" in again.output
+
+
+def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_model_path, monkeypatch):
+    """rounds: 2 -> round 2 generates with round 1's model, trains it again, and a rerun skips both rounds."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "tiny"
+    command = ["train", "recipes/tiny.yaml", "--set", f"output_dir={out}", "--set", "rounds=2"]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0, result.output
+    first, second = out / "model", out / "round-2" / "model"
+    assert result.stdout.strip().splitlines()[-1] == str(second)
+    manifest = json.loads((out / "round-2" / "generate" / "0-harmless" / "manifest.json").read_text())
+    assert manifest["model"] == str(first)  # round 2's data was written by round 1's model
+    assert _changed(_weights(first), _weights(second))
+    results = json.loads((out / "round-2" / "eval" / "results.json").read_text())
+    assert results["models"]["baseline"]["spec"] == "tiny-random"  # every round is compared with the base model
+    table = (out / "rounds.md").read_text()
+    assert f"| 1 | `{first}` | harmful | refused |" in table and f"| 2 | `{second}` | harmful | refused |" in table
+
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("dpo: complete, skipped") == 2 and again.output.count("eval: complete, skipped") == 2
