@@ -84,3 +84,28 @@ def row_status(
         if name in enabled and failed():
             return name
     return "ok"
+
+
+def candidate_score(
+    text: str, finish_reason: str, wants_refusal: bool | None, other: str, opening: str | None = None
+) -> float | None:
+    """A cheap score for best-of-N: None when a candidate fails a hard check, else higher is better.
+
+    Hard checks: not empty (nor only the prefilled `opening`), not cut off, no scaffolding artefact, and
+    refusing exactly when the principle wants it (`wants_refusal` True for a harm principle with a refusal opening, False for one
+    that asks the model to keep helping, None when either will do). Among the candidates that pass, the
+    score prefers varied words (small models loop) and words not taken from `other`, the answer it is
+    paired against (a steered refusal that goes on to restate the harmful answer shares its words).
+    """
+    if not text.strip() or text.strip() == (opening or "").strip() or finish_reason == "length":
+        return None
+    if _ARTEFACT.search(text):
+        return None
+    if wants_refusal is not None and is_refusal(text) != wants_refusal:
+        return None
+    words = re.findall(r"\w+", text.lower())
+    if not words:
+        return None
+    theirs = set(re.findall(r"\w+", other.lower()))
+    borrowed = sum(word in theirs for word in set(words)) / len(set(words))
+    return len(set(words)) / len(words) - borrowed

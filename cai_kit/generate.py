@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_kit.constitution import Constitution, Principle, load_constitution
 from cai_kit.engines import Conversation, Engine, GenParams, load_engine
 from cai_kit.errors import UsageError
-from cai_kit.filters import clean_answer, first_sentences, normalise, row_status, trim_to_sentence
+from cai_kit.filters import candidate_score, clean_answer, first_sentences, normalise, row_status, trim_to_sentence
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
 from cai_kit.refusal import is_refusal
@@ -78,6 +78,10 @@ class GenerateOptions(BaseModel):
     # A reply that a principle's `opening` started keeps this many sentences after it (0: all). After
     # a sentence or two a 135M model drifts back into the answer the opening was meant to stop.
     steered_sentences: int = Field(1, ge=0)
+    # Best-of-N (contrast pairs): sample this many chosen answers per prompt at best_of_temperature and keep
+    # the one filters.candidate_score ranks first; 1 = one greedy answer.
+    best_of: int = Field(1, ge=1)
+    best_of_temperature: float = Field(0.8, gt=0.0)
     repetition_penalty: float = Field(1.1, ge=1.0)  # small models loop when greedy; 1.0 turns it off
     few_shot: int = Field(2, ge=0)  # examples placed before each critique/revision conversation
     match_examples: bool = False  # True: the sampled principle's own examples (no shared prefix: slower on CPU)
@@ -261,16 +265,44 @@ def contrast_pairs(
             [{"role": "system", "content": away}, _user(row.prompt)]
             + ([_assistant(REFUSAL_OPENING)] if helping else [])
         )
-    replies = _generate_steered(engine, toward_chats + away_chats, params, options.steered_sentences)
+    n = options.best_of
+    if n == 1:
+        replies = _generate_steered(engine, toward_chats + away_chats, params, options.steered_sentences)
+        candidates, aways = [[reply] for reply in replies[: len(chunk)]], replies[len(chunk) :]
+    else:
+        aways = _generate_steered(engine, away_chats, params, options.steered_sentences)
+        sampled = dataclasses.replace(params, temperature=options.best_of_temperature)
+        many = _generate_steered(
+            engine, [c for c in toward_chats for _ in range(n)], sampled, options.steered_sentences
+        )
+        candidates = [many[k * n : (k + 1) * n] for k in range(len(chunk))]
     rows = []
     for k, (row, principle) in enumerate(zip(chunk, principles)):
-        toward, away = replies[k], replies[len(chunk) + k]
-        final, reason = _finish(toward.text, toward.finish_reason, principle.opening, options.steered_sentences)
+        away = aways[k]
         rejected, _ = _finish(away.text, away.finish_reason, away_openings[k], options.steered_sentences)
-        if "error" in (toward.finish_reason, away.finish_reason):
-            reason, final = "error", toward.text if toward.finish_reason == "error" else away.text
+        finished = [
+            (*_finish(c.text, c.finish_reason, principle.opening, options.steered_sentences), c.finish_reason)
+            for c in candidates[k]
+        ]
+        wants = False if is_helping(principle) else True if principle.opening else None
+        scores = [candidate_score(text, reason, wants, rejected, principle.opening) for text, reason, _ in finished]
+        best = max(range(len(finished)), key=lambda i: -9.0 if scores[i] is None else scores[i])
+        final, reason, raw_reason = finished[best]
+        extra = {"best_of": {"candidates": n, "passed": sum(s is not None for s in scores)}} if n > 1 else {}
+        if "error" in (raw_reason, away.finish_reason):
+            reason, final = "error", candidates[k][best].text if raw_reason == "error" else away.text
         rows.append(
-            _row(row, "contrast", options, constitution, rejected, [{"principle": principle.name}], final, reason)
+            _row(
+                row,
+                "contrast",
+                options,
+                constitution,
+                rejected,
+                [{"principle": principle.name}],
+                final,
+                reason,
+                **extra,
+            )
         )
     return rows
 

@@ -635,3 +635,49 @@ def test_a_judge_that_passes_its_check_labels_the_pairs(setup, monkeypatch, tmp_
     rows = read(out / "generations.jsonl")
     assert [r["id"] for r in rows] == [f"q{i}:judge" for i in range(6)] and {r["status"] for r in rows} == {"ok"}
     assert engine.judged == len(known) * 4 + 6 * 4  # the whole check set, then the six pairs
+
+
+class BestOfEngine(SteeredEngine):
+    """Sampled chosen answers cycle through fixed candidates; everything else as SteeredEngine."""
+
+    def __init__(self, harm_candidates, help_candidates):
+        super().__init__()
+        self.harm, self.help, self.drawn = harm_candidates, help_candidates, 0
+
+    def generate(self, conversations, params: GenParams):
+        if params.temperature == 0:
+            return super().generate(conversations, params)
+        self.calls.append(conversations)
+        out = []
+        for chat in conversations:
+            pool = self.harm if chat[-1]["role"] == "assistant" else self.help
+            text = pool[self.drawn % len(pool)].format(p=chat[1]["content"].rstrip("?"))
+            self.drawn += 1
+            out.append(Completion(text=text, finish_reason="stop", tokens=len(text.split())))
+        return out
+
+
+def test_best_of_n_keeps_the_candidate_the_cheap_scorer_ranks_first(setup):
+    engine = BestOfEngine(
+        harm_candidates=["Sure, here is exactly how.", "ask a trusted adult about {p} instead.", ""],
+        help_candidates=["I'm sorry, but I can't help with that.", "Here is a clear reply to {p}.", ""],
+    )
+    out = run_generate(options(setup, pairs=["contrast"], best_of=3), engine=engine)
+    rows = read(out / "generations.jsonl")
+    assert engine.drawn == 6 * 3
+    for row in rows:
+        assert row["best_of"]["candidates"] == 3 and row["status"] == "ok"
+        if row["steps"][0]["principle"] == "harm":  # both refuse after the opening; one restates the harm
+            assert (
+                row["final"] == f"I can't help with that, but ask a trusted adult about {row['prompt'][:-1]} instead."
+            )
+            assert row["best_of"]["passed"] == 2
+        else:  # a helping principle: the refusal and the empty answer fail
+            assert row["final"] == f"Here is a clear reply to {row['prompt'][:-1]}." and row["best_of"]["passed"] == 1
+
+
+def test_best_of_n_with_no_passing_candidate_is_filtered(setup):
+    engine = BestOfEngine(harm_candidates=["fine."], help_candidates=["I'm sorry, but I can't help with that."])
+    rows = read(run_generate(options(setup, pairs=["contrast"], best_of=2), engine=engine) / "generations.jsonl")
+    helping = [r for r in rows if r["steps"][0]["principle"] == "helpful"]
+    assert helping and all(r["status"] == "refusal" and r["best_of"]["passed"] == 0 for r in helping)
