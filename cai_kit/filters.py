@@ -91,11 +91,12 @@ def candidate_score(
 ) -> float | None:
     """A cheap score for best-of-N: None when a candidate fails a hard check, else higher is better.
 
-    Hard checks: not empty (nor only the prefilled `opening`), not cut off, no scaffolding artefact, and
-    refusing exactly when the principle wants it (`wants_refusal` True for a harm principle with a refusal opening, False for one
-    that asks the model to keep helping, None when either will do). Among the candidates that pass, the
-    score prefers varied words (small models loop) and words not taken from `other`, the answer it is
-    paired against (a steered refusal that goes on to restate the harmful answer shares its words).
+    Hard checks: not empty (nor only the prefilled `opening`), not cut off, no scaffolding artefact,
+    and refusing exactly when the principle wants it (`wants_refusal` True for a harm principle with a
+    refusal opening, False for one that asks the model to keep helping, None when either will do).
+    Among the candidates that pass, the score prefers varied words (small models loop) and words not
+    taken from `other`, the answer it is paired against (a steered refusal that goes on to restate
+    the harmful answer shares its words).
     """
     if not text.strip() or text.strip() == (opening or "").strip() or finish_reason == "length":
         return None
