@@ -141,8 +141,36 @@ def resolve_model(spec: str) -> str:
     return spec  # a hub id
 
 
-def load_model(spec: str, dtype: Any = "auto", trust_remote_code: bool = False, device: str | None = None):
-    """Load (model, tokenizer) for a --model value; loading failures become one clear line."""
+def load_chat_template(source: str) -> str:
+    """A chat template from a .jinja file, or from the tokenizer of a model folder or hub id (e.g. the Zephyr
+    one, `HuggingFaceH4/zephyr-7b-beta`, for a base model such as Mistral-7B-v0.1 that has none)."""
+    path = Path(source)
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    from transformers import AutoTokenizer
+
+    try:
+        template = AutoTokenizer.from_pretrained(resolve_model(source)).chat_template
+    except (OSError, ValueError) as err:
+        detail = str(err).splitlines()[0][:200]
+        raise UsageError(f"chat_template {source!r}: not a file, and no tokenizer loads from it ({detail})") from None
+    if not template:
+        raise UsageError(f"chat_template {source!r}: that tokenizer has no chat template either")
+    return template
+
+
+def load_model(
+    spec: str,
+    dtype: Any = "auto",
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    chat_template: str | None = None,
+):
+    """Load (model, tokenizer) for a --model value; loading failures become one clear line.
+
+    `chat_template` (a .jinja file, or a model whose template to borrow) replaces the tokenizer's own;
+    a model with neither gets one clear line, since every prompt cai-kit sends is a chat.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(spec)
@@ -162,6 +190,13 @@ def load_model(spec: str, dtype: Any = "auto", trust_remote_code: bool = False, 
     if device:
         model.to(device)
     model.eval()
+    if chat_template:
+        tokenizer.chat_template = load_chat_template(chat_template)
+    if not tokenizer.chat_template:
+        raise UsageError(
+            f"model {spec!r} has no chat template (a base model?); give it one with --engine-option "
+            "chat_template=FILE.jinja (or a model to borrow it from, e.g. HuggingFaceH4/zephyr-7b-beta)"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

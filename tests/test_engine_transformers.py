@@ -64,3 +64,26 @@ def test_unknown_engines_and_options_are_one_line():
         load_engine("vlm", "default")
     with pytest.raises(UsageError, match="engine 'transformers' has no option 'batchsize'"):
         load_engine("transformers", "default", batchsize=4)
+
+
+def test_a_model_without_a_chat_template_needs_one_and_takes_one_from_a_file(tiny_model_path, tmp_path):
+    import json
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_path, bare)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in bare.glob("chat_template.*"):
+        extra.unlink()
+    with pytest.raises(UsageError, match="has no chat template .*chat_template=FILE.jinja"):
+        load_engine("transformers", str(bare))
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>")
+    engine = load_engine("transformers", str(bare), chat_template=str(template), progress=False)
+    assert engine.render([{"role": "user", "content": "hi"}]) == "<user>hi\n<assistant>"
+    replies = engine.generate([[{"role": "user", "content": "hi"}]], GenParams(max_new_tokens=3))
+    assert len(replies) == 1
+    with pytest.raises(UsageError, match="chat_template 'nowhere/at-all'"):
+        load_engine("transformers", str(bare), chat_template="nowhere/at-all")

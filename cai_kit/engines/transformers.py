@@ -61,6 +61,7 @@ class TransformersEngine:
         device: str | None = None,
         progress: bool = True,
         prefix_cache: bool = True,
+        chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
     ):
         import torch
 
@@ -68,7 +69,11 @@ class TransformersEngine:
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_model(
-            model, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, device=self.device
+            model,
+            dtype=pick_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            device=self.device,
+            chat_template=chat_template,
         )
         self.model_name = model
         self.batch_size = batch_size

@@ -93,6 +93,7 @@ class VLLMEngine:
         enable_prefix_caching: bool = True,
         seed: int = 0,
         llm_options: dict[str, Any] | None = None,
+        chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
         batch_size: int = 32,  # not used: vllm schedules every request of a call itself
         trust_remote_code: bool = False,
         progress: bool = True,
@@ -122,6 +123,11 @@ class VLLMEngine:
             )
         )
         self.tokenizer = self.llm.get_tokenizer()
+        if chat_template:
+            from cai_kit.models import load_chat_template
+
+            self.tokenizer.chat_template = load_chat_template(chat_template)
+        self.chat_template = self.tokenizer.chat_template  # passed to LLM.chat, which takes one per call
         self.model_name = model
         self.progress = progress
         self.generated_tokens = 0
@@ -139,6 +145,7 @@ class VLLMEngine:
                 use_tqdm=self.progress,
                 add_generation_prompt=not continuing,
                 continue_final_message=continuing,
+                chat_template=self.chat_template,
             )
             for k, output in zip(picked, outputs):
                 choice = output.outputs[0]
