@@ -8,6 +8,7 @@ All three run in one process, on the same prompts, model and dtype:
 It prints generated tokens/s for each and the ratios b/a and b/c, plus peak RSS.
 
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
+    python benchmarks/generate_throughput.py --no-shared-prefix   # (b) with the prefix cache copied per row
 """
 
 from __future__ import annotations
@@ -67,9 +68,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--no-shared-prefix", action="store_true", help="copy the prefix cache into every row (the engine's old path)"
+    )
     args = parser.parse_args()
 
-    engine = TransformersEngine(args.model, dtype=args.dtype, batch_size=args.batch_size, progress=False)
+    engine = TransformersEngine(
+        args.model,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        progress=False,
+        shared_prefix=not args.no_shared_prefix,
+    )
     constitution = load_constitution(args.constitution)
     prompts = load_many(["red_team", "helpful"], limit=args.prompts)
     options = GenerateOptions(
@@ -78,7 +88,7 @@ def main() -> None:
     params = GenParams(max_new_tokens=args.max_new_tokens, repetition_penalty=options.repetition_penalty)
     print(
         f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
-        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}"
+        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} shared_prefix={engine.shared_prefix}"
     )
 
     recording = Recording(engine)
