@@ -14,6 +14,7 @@ the in-process vllm engine (f). Each prints tokens/s and its ratio to (b).
 
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --prompts 8 --naive-prompts 1 --openai
+    python benchmarks/generate_throughput.py --no-shared-prefix   # (b) with the prefix cache copied per row
 """
 
 from __future__ import annotations
@@ -121,9 +122,18 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--openai", action="store_true", help="also time the openai engine on transformers serve")
     parser.add_argument("--vllm", action="store_true", help="also time the vllm engine (CUDA GPU)")
+    parser.add_argument(
+        "--no-shared-prefix", action="store_true", help="copy the prefix cache into every row (the engine's old path)"
+    )
     args = parser.parse_args()
 
-    engine = TransformersEngine(args.model, dtype=args.dtype, batch_size=args.batch_size, progress=False)
+    engine = TransformersEngine(
+        args.model,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        progress=False,
+        shared_prefix=not args.no_shared_prefix,
+    )
     constitution = load_constitution(args.constitution)
     prompts = load_many(["red_team", "helpful"], limit=args.prompts)
     options = GenerateOptions(
@@ -132,7 +142,7 @@ def main() -> None:
     params = GenParams(max_new_tokens=args.max_new_tokens, repetition_penalty=options.repetition_penalty)
     print(
         f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
-        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}"
+        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} shared_prefix={engine.shared_prefix}"
     )
 
     recording = Recording(engine)

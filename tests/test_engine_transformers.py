@@ -15,11 +15,12 @@ FEW_SHOT = [
 
 @pytest.fixture(scope="module")
 def engines(tiny_model_path):
+    """Keyed by how the few-shot prefix is handled: True (cached, shared attention), "copied" (cached,
+    copied into every row), False (recomputed for every row)."""
+    options = {True: {}, "copied": {"shared_prefix": False}, False: {"prefix_cache": False}}
     return {
-        cached: load_engine(
-            "transformers", tiny_model_path, batch_size=3, dtype="fp32", progress=False, prefix_cache=cached
-        )
-        for cached in (True, False)
+        key: load_engine("transformers", tiny_model_path, batch_size=3, dtype="fp32", progress=False, **extra)
+        for key, extra in options.items()
     }
 
 
@@ -29,11 +30,65 @@ def chats(n: int) -> list[list[dict]]:
 
 def test_prefix_cache_gives_the_same_greedy_replies(engines):
     params = GenParams(max_new_tokens=12)
-    cached = engines[True].generate(chats(5), params)
-    plain = engines[False].generate(chats(5), params)
-    assert [c.text for c in cached] == [c.text for c in plain]
+    replies = {key: [c.text for c in engine.generate(chats(5), params)] for key, engine in engines.items()}
+    assert replies[True] == replies["copied"] == replies[False]
     assert engines[True]._prefix_key is not None, "the shared few-shot prefix should have been cached"
     assert engines[False]._prefix_key is None
+    assert engines[True].shared_prefix and not engines["copied"].shared_prefix
+
+
+def test_shared_prefix_attention_matches_attention_over_the_whole_row():
+    import torch
+    import torch.nn.functional as F
+
+    from cai_kit.engines.shared_prefix import Split, shared_prefix_attention
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, prefix_len, own_len, q_len, dim = 3, 4, 2, 7, 5, 2, 8
+    query = torch.randn(batch, heads, q_len, dim)
+    prefix_k, prefix_v = torch.randn(2, 1, kv_heads, prefix_len, dim)
+    own_k, own_v = torch.randn(2, batch, kv_heads, own_len, dim)
+    # Row 1 has two padding slots right after the prefix; the queries are the last q_len tokens.
+    visible = torch.ones(batch, 1, q_len, prefix_len + own_len, dtype=torch.bool)
+    visible[1, :, :, prefix_len : prefix_len + 2] = False
+    visible[:, :, 0, -1] = False  # causal: the first query does not see the last token
+    module = torch.nn.Module()
+    module.num_key_value_groups = heads // kv_heads
+    out, _ = shared_prefix_attention(module, query, Split(prefix_k, own_k), Split(prefix_v, own_v), visible, 0.3)
+    whole_k = torch.cat([prefix_k.expand(batch, -1, -1, -1), own_k], dim=2).repeat_interleave(2, dim=1)
+    whole_v = torch.cat([prefix_v.expand(batch, -1, -1, -1), own_v], dim=2).repeat_interleave(2, dim=1)
+    expected = F.scaled_dot_product_attention(query, whole_k, whole_v, attn_mask=visible, scale=0.3)
+    torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_cache_grows_past_its_room():
+    import torch
+
+    from cai_kit.engines.shared_prefix import SharedPrefixLayer
+
+    layer = SharedPrefixLayer(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), batch=3, room=2)
+    first, second = torch.randn(2, 3, 2, 2, 8)
+    layer.update(first, first)
+    keys, values = layer.update(second, second)
+    assert layer.get_seq_length() == 4 + 4
+    assert torch.equal(keys.own, torch.cat([first, second], dim=2)) and torch.equal(values.own, keys.own)
+
+
+@pytest.mark.slow
+def test_default_model_replies_are_the_same_with_and_without_the_shared_prefix(default_model_path):
+    # fp32: in bf16 any change in the order of additions (even the copied prefix cache against no
+    # cache) can flip a near-tie between two tokens, so only fp32 makes token identity a fair test.
+    conversations = [
+        FEW_SHOT * 3 + [{"role": "user", "content": text}] for text in ("Name a fruit.", "Why is the sky blue?")
+    ]
+    params = GenParams(max_new_tokens=24, repetition_penalty=1.1)
+    replies = []
+    for options in ({}, {"shared_prefix": False}, {"prefix_cache": False}):
+        engine = load_engine("transformers", default_model_path, dtype="fp32", progress=False, **options)
+        assert engine.shared_prefix == (options == {})
+        replies.append([c.text for c in engine.generate(conversations, params)])
+    assert replies[0] == replies[1] == replies[2]
+    assert all(replies[0])
 
 
 def test_replies_come_back_in_input_order_with_finish_reasons(engines):

@@ -62,6 +62,7 @@ class TransformersEngine:
         progress: bool = True,
         prefix_cache: bool = True,
         chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
+        shared_prefix: bool = True,
     ):
         import torch
 
@@ -79,6 +80,13 @@ class TransformersEngine:
         self.batch_size = batch_size
         self.progress = progress
         self.prefix_cache = prefix_cache
+        # Cascade attention over the cached prefix instead of a copy per row (engines/shared_prefix.py);
+        # written for the CPU kernel only.
+        self.shared_prefix = prefix_cache and shared_prefix and self.device == "cpu"
+        if self.shared_prefix:
+            from cai_kit.engines.shared_prefix import ATTENTION
+
+            self.model.set_attn_implementation(ATTENTION)
         self._prefix_key: list[int] | None = None
         self._prefix_kv = None
         self.tokenizer.padding_side = "left"
@@ -99,14 +107,15 @@ class TransformersEngine:
         # The chat template already holds any BOS token; adding special tokens again would double it.
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def _batch_inputs(self, rows: list[list[int]]) -> dict:
+    def _batch_inputs(self, rows: list[list[int]], max_new_tokens: int) -> dict:
         """Model inputs for one batch, reusing the KV cache of the prefix all rows share.
 
         On a CPU the prefill dominates: every critique and revision carries the same few-shot
         demonstrations (~600 tokens), which a plain batch recomputes for every row. Here the shared
         prefix runs once and its cache is copied across the batch (vllm's prefix caching does the
         same on GPUs). Padding goes between the prefix and each row's own suffix; position ids come
-        from the attention mask, so every token keeps the position it would have unpadded.
+        from the attention mask, so every token keeps the position it would have unpadded. With
+        `shared_prefix` the rows attend to the one prefix cache instead of copies of it.
         """
         import torch
 
@@ -126,9 +135,14 @@ class TransformersEngine:
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
             self._prefix_key, self._prefix_kv = prefix, getattr(out, "cache", None) or out.past_key_values
-        cache = copy.deepcopy(self._prefix_kv)
-        cache.batch_repeat_interleave(len(rows))
         width = max(len(r) - shared for r in rows)
+        if self.shared_prefix:
+            from cai_kit.engines.shared_prefix import shared_prefix_cache
+
+            cache = shared_prefix_cache(self._prefix_kv, len(rows), room=width + max_new_tokens)
+        else:
+            cache = copy.deepcopy(self._prefix_kv)
+            cache.batch_repeat_interleave(len(rows))
         ids = [prefix + [pad] * (width - len(r) + shared) + r[shared:] for r in rows]
         mask = [[1] * shared + [0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows]
         return {
@@ -155,7 +169,7 @@ class TransformersEngine:
         started, produced = time.perf_counter(), 0
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            inputs = self._batch_inputs([encoded[i] for i in batch])
+            inputs = self._batch_inputs([encoded[i] for i in batch], params.max_new_tokens)
             sampling = params.temperature > 0
             if sampling:
                 torch.manual_seed(params.seed + start)
