@@ -114,6 +114,22 @@ def test_logprobs_are_finite_and_rank_continuations(engines):
     assert scores[1] < scores[0]  # a longer continuation has more tokens to pay for
 
 
+def test_batched_logprobs_equal_one_row_at_a_time_without_padding(engines):
+    import torch
+
+    engine = engines[False]
+    conversations = chats(3)
+    continuations = ["Yes", "No, not at all", "A"]
+    batched = engine.logprobs(conversations, continuations)
+    for conversation, continuation, score in zip(conversations, continuations, batched):
+        prompt = engine._encode([engine.render(conversation)])[0]
+        full = engine._encode([engine.render(conversation) + continuation])[0]
+        with torch.inference_mode():
+            logits = engine.model(input_ids=torch.tensor([full])).logits.float()[0]
+        logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, torch.tensor(full[1:])[:, None])[:, 0]
+        assert abs(float(logp[len(prompt) - 1 :].sum()) - score) < 1e-3
+
+
 def test_unknown_engines_and_options_are_one_line():
     with pytest.raises(UsageError, match="unknown engine 'vlm'"):
         load_engine("vlm", "default")
