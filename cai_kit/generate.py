@@ -581,7 +581,11 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     started = time.perf_counter()
     if todo:
         if engine is None:
-            engine = _engine(options, options.model)
+            try:
+                engine = _engine(options, options.model)
+            except UsageError:  # a model or server that will not load: leave no empty run folder behind
+                folder.discard_if_rowless()
+                raise
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
         for mode, mode_rows in pending:

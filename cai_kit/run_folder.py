@@ -120,6 +120,14 @@ class RunFolder:
     def write_card(self, text: str) -> None:
         _write_atomic(self.path / CARD, text)
 
+    def discard_if_rowless(self) -> None:
+        """Remove the files `open` wrote and the folder, when no row was ever written (a run that failed to start)."""
+        if self.read_rows():
+            return
+        for name in (GENERATIONS, SFT, PREFS, CARD, MANIFEST):
+            (self.path / name).unlink(missing_ok=True)
+        self.remove_if_empty()
+
     def remove_if_empty(self) -> None:
         if self.path.is_dir() and not any(self.path.iterdir()):
             shutil.rmtree(self.path)
