@@ -25,6 +25,20 @@ def _engine_flags(func):
     return click.option("--engine-option", multiple=True, metavar="KEY=VALUE", help=option_help)(func)
 
 
+def _licence_flags(whose: str):
+    """`--model-licence` and `--accept-licence-risk`, for the commands whose outputs train a model."""
+
+    def add(func):
+        help_licence = (
+            f"A model's licence where its card has none (a bare ID is {whose}). Repeatable; see `cai licence`."
+        )
+        func = click.option("--model-licence", multiple=True, metavar="[MODEL=]ID", help=help_licence)(func)
+        risk_help = "Go ahead where a licence forbids training on a model's outputs."
+        return click.option("--accept-licence-risk", is_flag=True, help=risk_help)(func)
+
+    return add
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cai-kit")
 def main() -> None:
@@ -198,15 +212,7 @@ def env() -> None:
 @click.option("--match-examples", is_flag=True, help="Show the sampled principle's own examples first (slower).")
 @click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
-@click.option(
-    "--model-licence",
-    multiple=True,
-    metavar="[MODEL=]ID",
-    help="A model's licence where its card has none (a bare ID is --model's). Repeatable; see `cai licence`.",
-)
-@click.option(
-    "--accept-licence-risk", is_flag=True, help="Go ahead where a licence forbids training on a model's outputs."
-)
+@_licence_flags("--model's")
 @_usage_errors
 def generate(**kwargs) -> None:
     """Answer prompts, critique and revise the answers against a constitution, write SFT and preference data.
@@ -332,15 +338,7 @@ def judge_check(**kwargs) -> None:
     help="Override a recipe value (parsed as YAML); repeatable.",
 )
 @click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
-@click.option(
-    "--model-licence",
-    multiple=True,
-    metavar="[MODEL=]ID",
-    help="A model's licence where its card has none (a bare ID is the recipe model's). Repeatable.",
-)
-@click.option(
-    "--accept-licence-risk", is_flag=True, help="Go ahead where a licence forbids training on a model's outputs."
-)
+@_licence_flags("the recipe model's")
 @_usage_errors
 def train(
     recipe: Path,

@@ -153,19 +153,26 @@ def few_shot_turns(constitution: Constitution, principle: Principle, k: int, mat
     return turns
 
 
+def _params(options: GenerateOptions, temperature: float) -> GenParams:
+    return GenParams(
+        max_new_tokens=options.max_new_tokens,
+        temperature=temperature,
+        repetition_penalty=options.repetition_penalty,
+        seed=options.seed,
+    )
+
+
+def _system(constitution: Constitution) -> Conversation:
+    """The constitution's system prompt as the first message, or nothing."""
+    return [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+
+
 def critique_and_revise(
     engine: Engine, constitution: Constitution, chunk: list[PromptRow], options: GenerateOptions
 ) -> list[dict[str, Any]]:
     """Run initial answers and `rounds` critique/revision rounds for a chunk; return finished rows."""
-    params = GenParams(
-        max_new_tokens=options.max_new_tokens,
-        temperature=options.temperature,
-        repetition_penalty=options.repetition_penalty,
-        seed=options.seed,
-    )
-    system: Conversation = (
-        [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
-    )
+    params = _params(options, options.temperature)
+    system = _system(constitution)
     initial = engine.generate([system + [_user(row.prompt)] for row in chunk], params)
     answers = [clean_answer(c.text) for c in initial]
     finish = [c.finish_reason for c in initial]
@@ -243,12 +250,7 @@ def contrast_pairs(
     Row fields: `final` is the answer steered towards the principle (chosen), `initial` the one steered
     away (rejected), `steps` holds the principle alone (there is no critique).
     """
-    params = GenParams(
-        max_new_tokens=options.max_new_tokens,
-        temperature=options.temperature,
-        repetition_penalty=options.repetition_penalty,
-        seed=options.seed,
-    )
+    params = _params(options, options.temperature)
     principles = [constitution.principle_for(row.id, 0, options.seed, row.category) for row in chunk]
     system = constitution.system_prompt
     toward_chats, away_chats, away_openings = [], [], []
@@ -326,15 +328,8 @@ def judged_pairs(
     from cai_kit.judge import judge_pairs
 
     questions = constitution.judge or [DEFAULT_JUDGE_QUESTION]
-    params = GenParams(
-        max_new_tokens=options.max_new_tokens,
-        temperature=options.judge_temperature,
-        repetition_penalty=options.repetition_penalty,
-        seed=options.seed,
-    )
-    system: Conversation = (
-        [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
-    )
+    params = _params(options, options.judge_temperature)
+    system = _system(constitution)
     n = options.judge_samples
     replies = engine.generate([system + [_user(row.prompt)] for row in chunk for _ in range(n)], params)
     samples = [[_finish(r.text, r.finish_reason) for r in replies[k * n : (k + 1) * n]] for k in range(len(chunk))]
