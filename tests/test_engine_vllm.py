@@ -58,7 +58,8 @@ def test_bad_options_are_one_line_each_before_vllm_is_imported():
     assert "max_model_len must be a positive integer" in problems[2]
     assert engine_problems("vllm", {"tensor_parallel": 2}) == [
         "engine 'vllm' has no option 'tensor_parallel'; its options: tensor_parallel_size, gpu_memory_utilization, "
-        "max_model_len, dtype, enable_prefix_caching, seed, llm_options, batch_size, trust_remote_code, progress"
+        "max_model_len, dtype, enable_prefix_caching, seed, llm_options, chat_template, batch_size, "
+        "trust_remote_code, progress"
     ]
 
 
@@ -127,6 +128,6 @@ def test_recipe_engines_and_options_are_checked_at_validate(tmp_path, monkeypatc
     assert caught.value.problems == [
         f"{recipe}:5: generate[0].engine_options: engine 'vllm' has no option 'gpu_mem'; its options: "
         "tensor_parallel_size, gpu_memory_utilization, max_model_len, dtype, enable_prefix_caching, seed, "
-        "llm_options, batch_size, trust_remote_code, progress",
+        "llm_options, chat_template, batch_size, trust_remote_code, progress",
         f"{recipe}:7: generate[1].engine: unknown engine 'vlm'; choose one of: auto, transformers, vllm, openai",
     ]
