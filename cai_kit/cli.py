@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -129,7 +128,13 @@ def copy_bundled(name: str, dest: Path) -> None:
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest}: already exists; choose another name")
     target = dest / matches[0].name if dest.is_dir() else dest
-    shutil.copyfile(matches[0], target)
+    from cai_kit.schema import schema_comment
+
+    text = matches[0].read_text(encoding="utf-8")
+    if text.startswith("# yaml-language-server:"):  # point the copy's editor at the schema from where it now is
+        kind = "constitution" if matches[0].parent == BUNDLED["constitutions"] else "recipe"
+        text = schema_comment(kind, target) + text[text.index("\n") :]
+    target.write_text(text, encoding="utf-8")
     click.echo(f"wrote {target}")
 
 

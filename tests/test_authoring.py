@@ -247,3 +247,19 @@ def test_principle_stats_count_use_filter_reasons_and_judge_scores():
     assert stats["a"]["score"] == pytest.approx(0.5)
     assert stats["b"]["used"] == 3 and stats["b"]["kept"] == 1 and dict(stats["b"]["reasons"]) == {"error": 1}
     assert stats["b"]["score"] is None
+
+
+def test_cp_points_the_copy_at_the_shipped_schema_from_where_it_lands(tmp_path):
+    from click.testing import CliRunner
+
+    from cai_kit.cli import main
+    from cai_kit.schema import shipped_schema
+
+    for name, kind in (("harmless", "constitution"), ("tiny", "recipe")):
+        result = CliRunner().invoke(main, ["cp", name, str(tmp_path / f"{name}.yaml")])
+        assert result.exit_code == 0, result.output
+        first, *rest = (tmp_path / f"{name}.yaml").read_text().splitlines()
+        schema = Path(first.split("$schema=", 1)[1])
+        assert (schema if schema.is_absolute() else tmp_path / schema).resolve() == shipped_schema(kind).resolve()
+        shipped = (REPO / ("constitutions" if kind == "constitution" else "recipes") / f"{name}.yaml").read_text()
+        assert rest == shipped.splitlines()[1:]  # everything else copied as is
