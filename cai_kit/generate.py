@@ -7,11 +7,7 @@ most one chunk, and a rerun on the same folder skips every finished id.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib.metadata
-import json
-import random
 import sys
 import time
 from datetime import datetime
@@ -23,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_kit.constitution import Constitution, Principle, load_constitution
 from cai_kit.engines import Conversation, Engine, GenParams, load_engine
 from cai_kit.errors import UsageError
-from cai_kit.filters import candidate_score, clean_answer, first_sentences, normalise, row_status, trim_to_sentence
+from cai_kit.filters import clean_answer, first_sentences, normalise, row_status, trim_to_sentence
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
 from cai_kit.refusal import is_refusal
@@ -238,167 +234,6 @@ def _row(
     }
 
 
-def contrast_pairs(
-    engine: Engine, constitution: Constitution, chunk: list[PromptRow], options: GenerateOptions
-) -> list[dict[str, Any]]:
-    """RLCD (Yang et al. 2023, "RLCD: Reinforcement Learning from Contrastive Distillation"): answer each
-    prompt twice, once steered towards its sampled principle and once away from it; the steering implies
-    which answer is chosen, so no judge is needed, which suits small models whose A/B verdicts are near
-    chance. The steering (a system message from prompts/steer_*.jinja, plus an opening) never reaches
-    the training data: sft/prefs rows hold only the user's prompt and the answers.
-
-    Row fields: `final` is the answer steered towards the principle (chosen), `initial` the one steered
-    away (rejected), `steps` holds the principle alone (there is no critique).
-    """
-    params = _params(options, options.temperature)
-    principles = [constitution.principle_for(row.id, 0, options.seed, row.category) for row in chunk]
-    system = constitution.system_prompt
-    toward_chats, away_chats, away_openings = [], [], []
-    for row, principle in zip(chunk, principles):
-        toward = render("steer_toward", principle=principle, system_prompt=system)
-        toward_chats.append(
-            [{"role": "system", "content": toward}, _user(row.prompt)]
-            + ([_assistant(principle.opening)] if principle.opening else [])
-        )
-        helping = is_helping(principle)
-        away = render("steer_away", principle=principle, helping=helping)
-        away_openings.append(REFUSAL_OPENING if helping else None)
-        away_chats.append(
-            [{"role": "system", "content": away}, _user(row.prompt)]
-            + ([_assistant(REFUSAL_OPENING)] if helping else [])
-        )
-    n = options.best_of
-    if n == 1:
-        replies = _generate_steered(engine, toward_chats + away_chats, params, options.steered_sentences)
-        candidates, aways = [[reply] for reply in replies[: len(chunk)]], replies[len(chunk) :]
-    else:
-        aways = _generate_steered(engine, away_chats, params, options.steered_sentences)
-        sampled = dataclasses.replace(params, temperature=options.best_of_temperature)
-        many = _generate_steered(
-            engine, [c for c in toward_chats for _ in range(n)], sampled, options.steered_sentences
-        )
-        candidates = [many[k * n : (k + 1) * n] for k in range(len(chunk))]
-    rows = []
-    for k, (row, principle) in enumerate(zip(chunk, principles)):
-        away = aways[k]
-        rejected, _ = _finish(away.text, away.finish_reason, away_openings[k], options.steered_sentences)
-        finished = [
-            (*_finish(c.text, c.finish_reason, principle.opening, options.steered_sentences), c.finish_reason)
-            for c in candidates[k]
-        ]
-        wants = False if is_helping(principle) else True if principle.opening else None
-        scores = [candidate_score(text, reason, wants, rejected, principle.opening) for text, reason, _ in finished]
-        best = max(range(len(finished)), key=lambda i: -9.0 if scores[i] is None else scores[i])
-        final, reason, raw_reason = finished[best]
-        extra = {"best_of": {"candidates": n, "passed": sum(s is not None for s in scores)}} if n > 1 else {}
-        if "error" in (raw_reason, away.finish_reason):
-            reason, final = "error", candidates[k][best].text if raw_reason == "error" else away.text
-        rows.append(
-            _row(
-                row,
-                "contrast",
-                options,
-                constitution,
-                rejected,
-                [{"principle": principle.name}],
-                final,
-                reason,
-                **extra,
-            )
-        )
-    return rows
-
-
-def judged_pairs(
-    engine: Engine,
-    constitution: Constitution,
-    chunk: list[PromptRow],
-    options: GenerateOptions,
-    judge: Engine | None = None,
-) -> list[dict[str, Any]]:
-    """RL-CAI (Bai et al. 2022) / RLAIF (Lee et al. 2023): sample `judge_samples` answers per prompt, let
-    the judge compare every pair with one of the constitution's judge questions (drawn per prompt,
-    seeded), from its log-probs of the two labels, in both orders averaged (small judges prefer
-    whichever answer they see first). The answer with the best mean preference is chosen, the worst
-    rejected; `score` is the judge's preference for the chosen one, in [0.5, 1].
-
-    Check the judge first: `cai judge-check --judge-model M -c CONSTITUTION` (the default 135M model
-    is at chance there, so its labels are noise; README: Checking the judge).
-    """
-    from cai_kit.judge import judge_pairs
-
-    questions = constitution.judge or [DEFAULT_JUDGE_QUESTION]
-    params = _params(options, options.judge_temperature)
-    system = _system(constitution)
-    n = options.judge_samples
-    replies = engine.generate([system + [_user(row.prompt)] for row in chunk for _ in range(n)], params)
-    samples = [[_finish(r.text, r.finish_reason) for r in replies[k * n : (k + 1) * n]] for k in range(len(chunk))]
-    pairs = [(k, a, b) for k in range(len(chunk)) for a in range(n) for b in range(a + 1, n)]
-    asked = [random.Random(f"{options.seed}:{row.id}:judge").choice(questions) for row in chunk]
-    scores: dict[tuple[int, int, int], Any] = {}
-    for question in dict.fromkeys(asked):  # one batched judge call per question
-        mine = [pair for pair in pairs if asked[pair[0]] == question]
-        judged = judge_pairs(
-            judge or engine,
-            [chunk[k].prompt for k, _, _ in mine],
-            [samples[k][a][0] for k, a, _ in mine],
-            [samples[k][b][0] for k, _, b in mine],
-            [question],
-        )
-        scores.update(zip(mine, judged))
-    rows = []
-    for k, row in enumerate(chunk):
-        wins = [0.0] * n  # mean preference of each answer over the others
-        for (kk, a, b), score in scores.items():
-            if kk == k:
-                wins[a] += score.p / (n - 1)
-                wins[b] += (1 - score.p) / (n - 1)
-        best, worst = max(range(n), key=wins.__getitem__), min(range(n), key=wins.__getitem__)
-        pair = scores[(k, min(best, worst), max(best, worst))] if best != worst else None
-        p_best = (pair.p if best < worst else 1 - pair.p) if pair else 0.5
-        (final, reason), (rejected, rejected_reason) = samples[k][best], samples[k][worst]
-        if "error" in (reason, rejected_reason):
-            reason = "error"
-        verdict = {
-            "question": asked[k],
-            "model": options.judge_model or options.model,
-            "consistent": bool(pair and pair.consistent),
-            "samples": [text for text, _ in samples[k]],
-        }
-        rows.append(
-            _row(
-                row, "judge", options, constitution, rejected, [], final, reason, score=round(p_best, 4), judge=verdict
-            )
-        )
-    return rows
-
-
-# Tokens enough for the sentences kept after an opening; a steered reply needs no more than this.
-STEERED_TOKENS_PER_SENTENCE = 48
-
-
-def _generate_steered(engine: Engine, chats: list[Conversation], params: GenParams, sentences: int) -> list:
-    """Generate replies; those continuing an opening get a short token budget when only a few of their
-    sentences are kept (their tails are cut anyway, and generating them dominated contrast runs)."""
-    steered = [k for k, chat in enumerate(chats) if chat[-1]["role"] == "assistant"]
-    if not sentences or not steered:
-        return engine.generate(chats, params)
-    short = dataclasses.replace(
-        params, max_new_tokens=min(params.max_new_tokens, STEERED_TOKENS_PER_SENTENCE * sentences)
-    )
-    free = [k for k in range(len(chats)) if k not in set(steered)]
-    replies: list = [None] * len(chats)
-    for indices, call_params in ((free, params), (steered, short)):
-        if indices:
-            for k, reply in zip(indices, engine.generate([chats[k] for k in indices], call_params)):
-                replies[k] = reply
-    return replies
-
-
-PAIR_BUILDERS = {"revision": critique_and_revise, "contrast": contrast_pairs, "judge": judged_pairs}
-DEFAULT_JUDGE_QUESTION = "Which answer is more helpful, honest and harmless?"
-
-
 def _row_id(prompt_id: str, mode: str) -> str:
     return prompt_id if mode == "revision" else f"{prompt_id}:{mode}"
 
@@ -418,45 +253,6 @@ def _judge_engine(options: GenerateOptions, engine: Engine) -> Engine:
     if not options.judge_model or options.judge_model == options.model:
         return engine
     return _engine(options, options.judge_model)
-
-
-def check_judge_once(options: GenerateOptions, judge: Engine, questions: list[str]) -> dict[str, Any]:
-    """`cai judge-check` on the judge with these questions, cached per (judge model, questions, check set)."""
-    from cai_kit.judge_check import CHECK_SET, check_judge
-    from cai_kit.models import cache_dir
-
-    key = json.dumps(
-        [options.judge_model or options.model, questions, hashlib.sha256(CHECK_SET.read_bytes()).hexdigest()]
-    )
-    path = cache_dir() / "judge-check" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    print(
-        f"cai generate: checking the judge {options.judge_model or options.model} first (cai judge-check)",
-        file=sys.stderr,
-    )
-    results = check_judge(judge, questions)
-    summary = {k: results[k] for k in ("judge", "n", "accuracy", "consistency", "first_position_bias")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    tmp.replace(path)
-    return summary
-
-
-def gate_judge(options: GenerateOptions, judge: Engine, constitution: Constitution) -> str | None:
-    """None when the judge may label pairs; else the reason it may not (the caller falls back or stops)."""
-    if options.trust_judge:
-        return None
-    check = check_judge_once(options, judge, constitution.judge or [DEFAULT_JUDGE_QUESTION])
-    accuracy, consistency = check["accuracy"]["rate"], check["consistency"]["rate"]
-    if accuracy >= options.judge_min_accuracy and consistency >= options.judge_min_consistency:
-        return None
-    return (
-        f"the judge {options.judge_model or options.model} failed cai judge-check: accuracy {accuracy:.2f} "
-        f"(needs {options.judge_min_accuracy:.2f}), order consistency {consistency:.2f} "
-        f"(needs {options.judge_min_consistency:.2f}) on {check['n']} pairs"
-    )
 
 
 def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
@@ -530,6 +326,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     """Run the loop and return the output folder. `engine` lets tests pass a scripted engine."""
     from tqdm import tqdm
 
+    from cai_kit import pairs  # the contrast and judge modes (they build on this module's helpers)
     from cai_kit.data_card import print_summary, write_card
     from cai_kit.licence_guard import check_generate
 
@@ -550,7 +347,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     if "judge" in modes:  # before the folder is touched: a judge that fails its check stops the run here
         engine = engine or _engine(options, options.model)
         judge = _judge_engine(options, engine)
-        refused = gate_judge(options, judge, constitution)
+        refused = pairs.gate_judge(options, judge, constitution)
         if refused and not options.judge_fallback:
             raise UsageError(
                 f"--pairs judge: {refused}; its labels would be noise. Use a bigger --judge-model, --pairs contrast, "
@@ -588,9 +385,11 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
                 chunk = mode_rows[start : start + options.batch_size]
                 if mode == "judge":
                     judge = judge or _judge_engine(options, engine)
-                    finished = judged_pairs(engine, constitution, chunk, options, judge)
+                    finished = pairs.judged_pairs(engine, constitution, chunk, options, judge)
+                elif mode == "contrast":
+                    finished = pairs.contrast_pairs(engine, constitution, chunk, options)
                 else:
-                    finished = PAIR_BUILDERS[mode](engine, constitution, chunk, options)
+                    finished = critique_and_revise(engine, constitution, chunk, options)
                 for row in finished:
                     row["status"] = _status(row, constitution, options, seen)
                     if row["status"] == "ok":
