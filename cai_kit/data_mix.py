@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,19 +54,25 @@ def _pref_row(row: dict[str, Any]) -> dict[str, Any] | str:
 SHAPES = {"sft": _sft_row, "dpo": _pref_row}
 
 
-def read_rows(path: Path, stage: str) -> list[dict[str, Any]]:
-    """The rows of a JSONL file in the shape the stage's trainer takes; a bad row is an error naming its line."""
-    if not path.is_file():
-        raise UsageError(f"{path}: file not found")
-    rows, problems = [], []
+def json_lines(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSONL file; a line that is not JSON adds
+    `file:line: not valid JSON (...)` to `problems` and is skipped, so a caller reports every bad line at once."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as err:
             problems.append(f"{path}:{number}: not valid JSON ({err.msg})")
-            continue
+
+
+def read_rows(path: Path, stage: str) -> list[dict[str, Any]]:
+    """The rows of a JSONL file in the shape the stage's trainer takes; a bad row is an error naming its line."""
+    if not path.is_file():
+        raise UsageError(f"{path}: file not found")
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for number, row in json_lines(path, problems):
         shaped = SHAPES[stage](row) if isinstance(row, dict) else "expected a JSON object"
         if isinstance(shaped, str):
             problems.append(f"{path}:{number}: {shaped}")

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cai_kit.data_mix import json_lines
 from cai_kit.engines import Engine, load_engine
 from cai_kit.errors import UsageError
 from cai_kit.judge import DEFAULT_CLAMP, first_position_bias, judge_pairs
@@ -58,14 +59,7 @@ def load_check_set(path: Path = CHECK_SET) -> list[CheckPair]:
     pairs: list[CheckPair] = []
     problems: list[str] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{number}: not valid JSON ({err.msg})")
-            continue
+    for number, row in json_lines(path, problems):
         if not isinstance(row, dict):
             problems.append(f"{path}:{number}: expected an object with keys {', '.join(FIELDS)}")
             continue
