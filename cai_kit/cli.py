@@ -7,11 +7,7 @@ from pathlib import Path
 
 import click
 
-from cai_kit.errors import UsageError, usage_errors
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = {"constitutions": REPO_ROOT / "constitutions", "recipes": REPO_ROOT / "recipes"}
-
+from cai_kit.errors import usage_errors
 
 _usage_errors = usage_errors  # one line per problem on stderr, exit status 2
 
@@ -50,114 +46,6 @@ def main() -> None:
     \b
     Edit constitutions:   cai ls; cai cp harmless my.yaml; cai validate my.yaml
     """
-
-
-@main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_usage_errors
-def validate(files: tuple[Path, ...]) -> None:
-    """Check constitution or recipe files without loading a model; every problem at once.
-
-    \b
-    Example:
-      cai validate constitutions/harmless.yaml recipes/zephyr_cai.yaml
-    """
-    from cai_kit.config_file import read_yaml
-
-    problems: list[str] = []
-    for path in files:
-        try:
-            data, _ = read_yaml(path)
-            if isinstance(data, dict) and "principles" in data:
-                from cai_kit.constitution import load_constitution
-
-                constitution = load_constitution(path)
-                click.echo(
-                    f"{path}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)"
-                )
-            else:
-                from cai_kit.recipe import load_recipe
-
-                load_recipe(path)
-                click.echo(f"{path}: ok (recipe)")
-        except UsageError as err:
-            problems.extend(err.problems)
-    if problems:
-        raise UsageError(problems)
-
-
-@main.command(name="ls")
-def list_bundled() -> None:
-    """List the shipped constitutions and recipes.
-
-    \b
-    Example:
-      cai ls
-    """
-    from cai_kit.config_file import read_yaml
-
-    for kind, folder in BUNDLED.items():
-        click.echo(f"{kind}:")
-        for path in sorted(folder.glob("*.yaml")):
-            data, _ = read_yaml(path)
-            about = (data or {}).get("description", "") if kind == "constitutions" else _header(path)
-            click.echo(f"  {path.stem:<24} {about}")
-
-
-def _header(path: Path) -> str:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#") and not line.startswith("# yaml-language-server"):
-            return line.lstrip("# ").strip()
-    return ""
-
-
-@main.command(name="cp")
-@click.argument("name")
-@click.argument("dest", type=click.Path(path_type=Path))
-@_usage_errors
-def copy_bundled(name: str, dest: Path) -> None:
-    """Copy a shipped constitution or recipe to DEST so you can edit it.
-
-    \b
-    Example:
-      cai cp harmless my_constitution.yaml
-    """
-    matches = [folder / f"{name}.yaml" for folder in BUNDLED.values() if (folder / f"{name}.yaml").is_file()]
-    if not matches:
-        raise UsageError(f"no shipped constitution or recipe named {name!r} (see `cai ls`)")
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest}: already exists; choose another name")
-    target = dest / matches[0].name if dest.is_dir() else dest
-    from cai_kit.schema import schema_comment
-
-    text = matches[0].read_text(encoding="utf-8")
-    if text.startswith("# yaml-language-server:"):  # point the copy's editor at the schema from where it now is
-        kind = "constitution" if matches[0].parent == BUNDLED["constitutions"] else "recipe"
-        text = schema_comment(kind, target) + text[text.index("\n") :]
-    target.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {target}")
-
-
-@main.command()
-def env() -> None:
-    """Print versions of cai-kit and its stack, for bug reports.
-
-    \b
-    Example:
-      cai env
-    """
-    import importlib.metadata
-    import platform
-
-    click.echo(f"python: {platform.python_version()} ({platform.platform()})")
-    for package in ["cai-kit", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm"]:
-        try:
-            click.echo(f"{package}: {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            click.echo(f"{package}: not installed")
-    from cai_kit.models import cache_dir
-
-    click.echo(f"cache: {cache_dir()}")
 
 
 @main.command()
@@ -311,7 +199,7 @@ def eval_command(**kwargs) -> None:
 @click.option("--limit", type=click.IntRange(0), help="Pairs to judge, spread over the kinds; 0 or unset: all.")
 @click.option("--cot", is_flag=True, help="The judge reasons first; label probabilities clamped to 0.4-0.6.")
 @click.option("--out", "-o", help="Folder for results.json. [default: runs/judge-check-<time>]")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=0.7, help="PASS needs at least this accuracy.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=0.65, help="PASS needs at least this accuracy.")
 @click.option("--min-consistency", type=click.FloatRange(0, 1), default=0.6, help="...and this order consistency.")
 @click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
@@ -388,8 +276,9 @@ def licence(models: tuple[str, ...], target: str | None, model_licence: tuple[st
 
 
 from cai_kit.cli_authoring import COMMANDS as AUTHORING_COMMANDS  # noqa: E402  (constitution, schema, try, diff, view)
+from cai_kit.cli_files import COMMANDS as FILE_COMMANDS  # noqa: E402  (validate, ls, cp, env)
 
-for command in AUTHORING_COMMANDS:
+for command in FILE_COMMANDS + AUTHORING_COMMANDS:
     main.add_command(command)
 
 

@@ -20,6 +20,7 @@ from cai_kit.constitution import Constitution, Principle, load_constitution
 from cai_kit.engines import Conversation, Engine, GenParams, load_engine
 from cai_kit.errors import UsageError
 from cai_kit.filters import clean_answer, first_sentences, normalise, row_status, trim_to_sentence
+from cai_kit.judge_check import MIN_ACCURACY, MIN_CONSISTENCY
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
 from cai_kit.refusal import is_refusal
@@ -35,10 +36,6 @@ HELPING_TAGS = {"over_refusal", "over-refusal", "helpfulness"}
 # the sampled principle) or `judge` (RL-CAI / RLAIF: two sampled answers, the better one picked by a
 # judge model's log-probs in both orders). Rows of a mode other than `revision` get the id `<prompt id>:<mode>`.
 PAIR_MODES = ["revision", "contrast", "judge"]
-# Contrast mode: the rejected answer for a principle that asks the model to keep helping opens with
-# this, so the pair teaches "do not refuse this" (Yang et al. 2023 steer with prompts alone; a 135M
-# model ignores a "refuse" instruction as often as not, a prefilled opening it always follows).
-REFUSAL_OPENING = "I'm sorry, but I can't help with that."
 
 
 class GenerateOptions(BaseModel):
@@ -67,8 +64,8 @@ class GenerateOptions(BaseModel):
     # --pairs judge first runs `cai judge-check` on the judge (cached per judge model) and stops when it
     # scores below these, unless trust_judge; with judge_fallback (revision or contrast) it makes those
     # pairs instead, and says so in the log and the data card.
-    judge_min_accuracy: float = Field(0.65, ge=0.0, le=1.0)
-    judge_min_consistency: float = Field(0.6, ge=0.0, le=1.0)
+    judge_min_accuracy: float = Field(MIN_ACCURACY, ge=0.0, le=1.0)  # the same thresholds as cai judge-check
+    judge_min_consistency: float = Field(MIN_CONSISTENCY, ge=0.0, le=1.0)
     trust_judge: bool = False
     judge_fallback: str | None = None
     # A reply that a principle's `opening` started keeps this many sentences after it (0: all). After

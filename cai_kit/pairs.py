@@ -18,7 +18,6 @@ from cai_kit.constitution import Constitution
 from cai_kit.engines import Conversation, Engine, GenParams
 from cai_kit.filters import candidate_score
 from cai_kit.generate import (
-    REFUSAL_OPENING,
     GenerateOptions,
     _assistant,
     _finish,
@@ -32,6 +31,28 @@ from cai_kit.prompt_sets import PromptRow
 from cai_kit.prompts import render
 
 DEFAULT_JUDGE_QUESTION = "Which answer is more helpful, honest and harmless?"
+
+# Contrast mode: the rejected answer for a principle that asks the model to keep helping opens with
+# one of these (or with one of the constitution's own refusal openings), so the pair teaches "do not
+# refuse this" (Yang et al. 2023 steer with prompts alone; a 135M model ignores a "refuse" instruction
+# as often as not, a prefilled opening it always follows). Several forms, because a model trained on
+# refusals says them in the words it was trained on: with one form only, DPO taught the default model
+# to avoid "I'm sorry, but ..." on benign prompts while it kept saying "I can't help with that, but ...".
+REFUSAL_OPENINGS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't help with that, but",
+    "I can't provide that, but",
+    "I won't help with that, but",
+)
+
+
+def refusal_opening(constitution: Constitution, row_id: str, seed: int) -> str:
+    """The refusal that opens the rejected side of a contrast pair under a helping principle: drawn
+    (seeded per prompt) from REFUSAL_OPENINGS and the openings of the constitution's other principles,
+    which are the words a model trained on this constitution will refuse with."""
+    own = [p.opening for p in constitution.principles if p.opening and not is_helping(p)]
+    choices = list(dict.fromkeys([*REFUSAL_OPENINGS, *own]))
+    return random.Random(f"{seed}:{row_id}:refusal").choice(choices)
 
 
 def contrast_pairs(
@@ -58,10 +79,10 @@ def contrast_pairs(
         )
         helping = is_helping(principle)
         away = render("steer_away", principle=principle, helping=helping)
-        away_openings.append(REFUSAL_OPENING if helping else None)
+        refusal = refusal_opening(constitution, row.id, options.seed) if helping else None
+        away_openings.append(refusal)
         away_chats.append(
-            [{"role": "system", "content": away}, _user(row.prompt)]
-            + ([_assistant(REFUSAL_OPENING)] if helping else [])
+            [{"role": "system", "content": away}, _user(row.prompt)] + ([_assistant(refusal)] if refusal else [])
         )
     n = options.best_of
     if n == 1:

@@ -70,6 +70,9 @@ class GenerateRun(GenerateOptions):
     """One `cai generate` run inside a recipe; `model` and `out` are set by the recipe."""
 
     weight: float = Field(default=1.0, ge=0.0)  # share of this run's rows in training: 0.5 keeps half, 2 repeats them
+    # The share in SFT alone (default: weight). 0 keeps a run's chosen answers out of SFT, so only DPO,
+    # which also sees the rejected side, learns from them.
+    sft_weight: float | None = Field(default=None, ge=0.0)
 
 
 class DataFile(BaseModel):

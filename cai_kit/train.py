@@ -134,17 +134,29 @@ def generate_stage(recipe: Recipe) -> None:
         log("generate: the recipe has no generate runs; skipped")
     for index, run in enumerate(recipe.generate):
         folder = recipe.generate_dir(index)
-        if is_complete(folder):
-            log(f"generate[{index}]: complete, skipped ({folder})")
-            continue
-        values = run.model_dump(exclude={"weight"})
+        values = run.model_dump(exclude={"weight", "sft_weight"})
         values.update(model=recipe.model, out=str(folder),
                       trust_remote_code=run.trust_remote_code or recipe.trust_remote_code,
                       model_licences=recipe.model_licences, accept_licence_risk=recipe.accept_licence_risk)
         if "seed" not in run.model_fields_set:
             values["seed"] = recipe.seed
+        options = GenerateOptions(**values).model_dump(mode="json")
+        if is_complete(folder):
+            log(f"generate[{index}]: complete, skipped ({folder}){_changed_since(folder, options)}")
+            continue
         run_generate(GenerateOptions(**values))
-        mark_complete(folder)
+        mark_complete(folder, options=options)
+
+
+def _changed_since(folder: Path, options: dict[str, Any]) -> str:
+    """A warning when a finished generate run was made with other options than the recipe's now."""
+    before = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("options")
+    if before is None:
+        return ""
+    changed = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in options.items() if before.get(key) != value]
+    if not changed:
+        return ""
+    return f"; WARNING: the recipe changed since it ran ({'; '.join(changed)}): delete {folder} to generate it again"
 
 
 def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> None:
@@ -175,7 +187,8 @@ def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
         if not path.is_file():
             raise UsageError(f"{stage}: generate[{index}] has no {path}; run the generate stage first "
                              "(cai train RECIPE --stages generate)")
-        sources.append(Source(f"generate[{index}] {Path(run.constitution).stem}", path, run.weight))
+        weight = run.sft_weight if stage == "sft" and run.sft_weight is not None else run.weight
+        sources.append(Source(f"generate[{index}] {Path(run.constitution).stem}", path, weight))
     for item in recipe.data.sft if stage == "sft" else recipe.data.prefs:
         sources.append(Source(Path(item.path).name, Path(item.path), item.weight))
     if not sources:

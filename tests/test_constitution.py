@@ -183,6 +183,14 @@ def test_validate_reports_every_file(tmp_path: Path):
     assert f"{good}: ok" in result.output and f"error: {bad}:2: principles:" in result.stderr
 
 
+def test_a_misspelt_principles_key_is_checked_as_a_constitution_not_as_a_recipe(tmp_path: Path):
+    path = write(tmp_path, GOOD.replace("principles:", "principals:"), "typo.yaml")
+    result = validate(path)
+    assert result.exit_code == 2
+    assert f"{path}:2: principals: unknown key (did you mean 'principles'?)" in result.stderr, result.stderr
+    assert "recipe" not in result.stderr
+
+
 def test_missing_file(tmp_path: Path):
     result = validate(tmp_path / "nope.yaml")
     assert result.exit_code == 2 and "file not found" in result.stderr

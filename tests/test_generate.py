@@ -246,7 +246,8 @@ class SteeredEngine:
 
 
 def test_contrast_pairs_are_steered_both_ways_and_the_steering_never_reaches_the_data(setup):
-    from cai_kit.generate import REFUSAL_OPENING
+    from cai_kit.constitution import load_constitution
+    from cai_kit.pairs import REFUSAL_OPENINGS, refusal_opening
 
     engine = SteeredEngine()
     out = run_generate(options(setup, pairs=["contrast"]), engine=engine)
@@ -268,7 +269,13 @@ def test_contrast_pairs_are_steered_both_ways_and_the_steering_never_reaches_the
             assert row["initial"] == "Sure, here is exactly how."
         else:
             assert row["final"] == f"a careful reply to {row['prompt']}"
-            assert row["initial"] == f"{REFUSAL_OPENING} It could be dangerous."
+            opening = refusal_opening(load_constitution(setup[0]), row["id"].split(":")[0], 0)
+            assert row["initial"] == f"{opening} It could be dangerous."
+    harmless = load_constitution(Path(__file__).resolve().parent.parent / "constitutions" / "harmless.yaml")
+    drawn = {refusal_opening(harmless, f"p{i}", 0) for i in range(400)}
+    assert set(REFUSAL_OPENINGS) < drawn and "I can't help deceive people, but" in drawn, "built-in and own forms"
+    assert not {p.opening for p in harmless.principles if "over_refusal" in p.tags} & drawn
+    assert refusal_opening(harmless, "p1", 0) == refusal_opening(harmless, "p1", 0)
     prefs = read(out / "prefs.jsonl")
     assert len(prefs) == 6 and prefs[0]["chosen"][0]["content"] == rows[0]["final"]
     written = (out / "sft.jsonl").read_text() + (out / "prefs.jsonl").read_text()

@@ -253,7 +253,7 @@ def test_judge_check_command_on_the_tiny_model(tmp_path, tiny_model_path):
         kind_rows = [r for r in rows if r["kind"] == kind]
         assert entry["accuracy"]["k"] == sum(r["correct"] for r in kind_rows) and entry["n"] == 4
         assert entry["accuracy"]["low"] <= entry["accuracy"]["rate"] <= entry["accuracy"]["high"]
-    expected = results["accuracy"]["rate"] >= 0.7 and results["consistency"]["rate"] >= 0.6
+    expected = results["accuracy"]["rate"] >= 0.65 and results["consistency"]["rate"] >= 0.6
     assert results["passed"] == expected
     assert all(kind in result.output for kind in KINDS)
     assert ("PASS" if expected else "FAIL") + f": accuracy {results['accuracy']['rate']:.2f}" in result.output

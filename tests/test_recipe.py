@@ -46,6 +46,15 @@ def test_gpu_recipe_keeps_its_settings():
     assert trl_config(recipe, "sft").learning_rate == pytest.approx(2e-5)
 
 
+def test_laptop_recipe_asks_the_model_to_judge_and_falls_back_to_contrast_pairs():
+    """Issue 6: both halves use judge-labelled pairs where the judge passes cai judge-check, else contrast
+    pairs (the fallback is said in the log and the data card: test_generate)."""
+    recipe = load_recipe(REPO / "recipes" / "zephyr_cai.yaml")
+    assert {c.stem for c in map(Path, (run.constitution for run in recipe.generate))} == {"harmless", "helpful"}
+    assert all(run.pairs == ["judge"] and run.judge_fallback == "contrast" for run in recipe.generate)
+    assert not any(run.trust_judge for run in recipe.generate)
+
+
 BROKEN = """\
 model: tiny-random
 sede: 3

@@ -261,6 +261,13 @@ def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monke
     assert again.exit_code == 0, again.output
     for stage in ("generate[0]", "generate[1]", "sft", "dpo", "eval"):
         assert f"{stage}: complete, skipped" in again.output
+    assert "WARNING" not in again.output
+    changed = CliRunner().invoke(main, [*command, "--set", "generate.1.limit=3", "--stages", "generate"])
+    assert changed.exit_code == 0, changed.output
+    warning = next(line for line in changed.output.splitlines() if line.startswith("cai train: generate[1]"))
+    assert "WARNING: the recipe changed since it ran (limit " in warning and "-> 3)" in warning
+    assert f"delete {out / 'generate' / '1-helpful'} to generate it again" in warning, warning
+    assert "WARNING" not in next(line for line in changed.output.splitlines() if "generate[0]" in line)
 
 
 def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_model_path, monkeypatch):
@@ -283,3 +290,34 @@ def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_mode
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output
     assert again.output.count("dpo: complete, skipped") == 2 and again.output.count("eval: complete, skipped") == 2
+
+
+def test_sft_weight_zero_keeps_a_runs_answers_out_of_sft_but_not_out_of_dpo(tmp_path):
+    from cai_kit.train import prepare_data
+
+    shipped = Path(__file__).resolve().parent.parent / "constitutions"
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(
+        f"output_dir: {tmp_path / 'run'}\ngenerate:\n"
+        f"  - {{constitution: {shipped / 'harmless.yaml'}, sft_weight: 0}}\n"
+        f"  - {{constitution: {shipped / 'helpful.yaml'}}}\n"
+        "data: {test_split: 0}\n"
+    )
+    recipe = load_recipe(recipe_path)
+    for index, word in enumerate(["refuse", "answer"]):
+        folder = recipe.generate_dir(index)
+        folder.mkdir(parents=True)
+        prompts = [[_user(f"{word} {i}")] for i in range(5)]
+        (folder / "sft.jsonl").write_text(
+            "".join(json.dumps({"messages": p + [_assistant(word)]}) + "\n" for p in prompts)
+        )
+        (folder / "prefs.jsonl").write_text(
+            "".join(
+                json.dumps({"prompt": p, "chosen": [_assistant(word)], "rejected": [_assistant("no")]}) + "\n"
+                for p in prompts
+            )
+        )
+    assert [c["train"] for c in prepare_data(recipe, "sft")] == [0, 5]
+    assert [c["train"] for c in prepare_data(recipe, "dpo")] == [5, 5]
+    sft_rows = (recipe.out / "sft" / "data" / "train.jsonl").read_text()
+    assert "refuse" not in sft_rows and "answer" in sft_rows
