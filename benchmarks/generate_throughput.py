@@ -15,6 +15,7 @@ the in-process vllm engine (f). Each prints tokens/s and its ratio to (b).
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --prompts 8 --naive-prompts 1 --openai
     python benchmarks/generate_throughput.py --no-shared-prefix   # (b) with the prefix cache copied per row
+    python benchmarks/generate_throughput.py --no-row-cache       # (b) without reusing critique KV in revisions
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument(
         "--no-shared-prefix", action="store_true", help="copy the prefix cache into every row (the engine's old path)"
     )
+    parser.add_argument(
+        "--no-row-cache", action="store_true", help="recompute revision prompts instead of reusing the critique KV"
+    )
     args = parser.parse_args()
 
     engine = TransformersEngine(
@@ -133,6 +137,7 @@ def main() -> None:
         batch_size=args.batch_size,
         progress=False,
         shared_prefix=not args.no_shared_prefix,
+        row_cache=not args.no_row_cache,
     )
     constitution = load_constitution(args.constitution)
     prompts = load_many(["red_team", "helpful"], limit=args.prompts)
@@ -142,7 +147,8 @@ def main() -> None:
     params = GenParams(max_new_tokens=args.max_new_tokens, repetition_penalty=options.repetition_penalty)
     print(
         f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
-        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} shared_prefix={engine.shared_prefix}"
+        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} shared_prefix={engine.shared_prefix} "
+        f"row_cache={engine.row_cache}"
     )
 
     recording = Recording(engine)
@@ -151,6 +157,7 @@ def main() -> None:
         critique_and_revise(recording, constitution, prompts[chunk_start : chunk_start + args.batch_size], options)
     pipeline_seconds = time.perf_counter() - start
     pipeline_rate = engine.generated_tokens / pipeline_seconds
+    reused = engine.reused_tokens
 
     start, tokens = time.perf_counter(), 0
     for stage in recording.stages:
@@ -171,7 +178,7 @@ def main() -> None:
     print(f"(c) raw batched     {ceiling_rate:8.1f} tokens/s")
     print(f"b/a = {pipeline_rate / naive_rate:.1f}   (target >= 15)")
     print(f"b/c = {pipeline_rate / ceiling_rate:.2f}  (target >= 0.8)")
-    print(f"peak RSS {peak_gb:.2f} GB")
+    print(f"peak RSS {peak_gb:.2f} GB; (b) reused {reused} prompt tokens' KV from the previous stage's rows")
 
     if args.openai:
         from cai_kit.engines.openai import OpenAIEngine

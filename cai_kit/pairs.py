@@ -244,8 +244,12 @@ def gate_judge(options: GenerateOptions, judge: Engine, constitution: Constituti
     accuracy, consistency = check["accuracy"]["rate"], check["consistency"]["rate"]
     if accuracy >= options.judge_min_accuracy and consistency >= options.judge_min_consistency:
         return None
+
+    def share(entry: dict[str, Any]) -> str:  # 3 decimals and the count: 0.647 must not read as 0.65
+        return f"{entry['rate']:.3f} ({entry['k']:g}/{entry['n']})"
+
     return (
-        f"the judge {options.judge_model or options.model} failed cai judge-check: accuracy {accuracy:.2f} "
-        f"(needs {options.judge_min_accuracy:.2f}), order consistency {consistency:.2f} "
-        f"(needs {options.judge_min_consistency:.2f}) on {check['n']} pairs"
+        f"the judge {options.judge_model or options.model} failed cai judge-check: accuracy "
+        f"{share(check['accuracy'])} (needs {options.judge_min_accuracy:.2f}), order consistency "
+        f"{share(check['consistency'])} (needs {options.judge_min_consistency:.2f}) on {check['n']} pairs"
     )

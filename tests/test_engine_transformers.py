@@ -158,3 +158,45 @@ def test_a_model_without_a_chat_template_needs_one_and_takes_one_from_a_file(tin
     assert len(replies) == 1
     with pytest.raises(UsageError, match="chat_template 'nowhere/at-all'"):
         load_engine("transformers", str(bare), chat_template="nowhere/at-all")
+
+
+def _chained(engine, first_chats, params):
+    """Three calls where each call's conversations extend the last one's replies (critique -> revision)."""
+    chats, replies = first_chats, []
+    for turn in ("Say more about it.", "Again, shorter."):
+        out = engine.generate(chats, params)
+        replies.append([c.text for c in out])
+        chats = [
+            chat + [{"role": "assistant", "content": c.text}, {"role": "user", "content": turn}]
+            for chat, c in zip(chats, out)
+        ]
+    replies.append([c.text for c in engine.generate(chats, params)])
+    return replies
+
+
+def test_row_cache_reuses_the_last_calls_rows_and_changes_no_reply(tiny_model_path):
+    params = GenParams(max_new_tokens=8)
+    engines = {
+        flag: load_engine("transformers", tiny_model_path, batch_size=2, dtype="fp32", progress=False, row_cache=flag)
+        for flag in (True, False)
+    }
+    replies = {flag: _chained(engine, chats(5), params) for flag, engine in engines.items()}
+    assert replies[True] == replies[False]
+    assert engines[True].reused_tokens > 5 * 20 and engines[False].reused_tokens == 0
+    assert len(engines[True]._saved) == 5  # only the last call's rows are kept
+
+
+@pytest.mark.slow
+def test_default_model_replies_are_the_same_with_and_without_the_row_cache(default_model_path):
+    # fp32 for token identity (see above); repetition_penalty reads every token, reused or not.
+    conversations = [
+        FEW_SHOT * 3 + [{"role": "user", "content": t}] for t in ("Name a fruit.", "Why is the sky blue?")
+    ]
+    params = GenParams(max_new_tokens=16, repetition_penalty=1.1)
+    engines = [
+        load_engine("transformers", default_model_path, dtype="fp32", progress=False, row_cache=flag)
+        for flag in (True, False)
+    ]
+    with_cache, without = (_chained(engine, conversations, params) for engine in engines)
+    assert with_cache == without and all(all(turn) for turn in with_cache)
+    assert engines[0].reused_tokens > 2 * 2 * 16 and engines[1].reused_tokens == 0

@@ -599,7 +599,8 @@ class PositionBiasedJudge(JudgedEngine):
 
 def test_a_judge_that_fails_judge_check_stops_the_run_before_anything_is_written(setup, monkeypatch, tmp_path):
     monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(UsageError, match=r"failed cai judge-check: accuracy 0\.\d\d .*consistency 0\.00"):
+    failed = r"failed cai judge-check: accuracy 0\.\d{3} \(\d+/\d+\) .*consistency 0\.000 \(0/\d+\)"
+    with pytest.raises(UsageError, match=failed):
         run_generate(options(setup, pairs=["judge"]), engine=PositionBiasedJudge())
     assert not Path(setup[2]).exists()
     assert list((tmp_path / "cache" / "judge-check").glob("*.json")), "the check is cached per judge"

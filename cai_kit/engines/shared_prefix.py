@@ -66,9 +66,61 @@ def _grow(buffer: torch.Tensor, room: int) -> torch.Tensor:
     return grown
 
 
-def shared_prefix_cache(prefix: Cache, batch: int, room: int) -> Cache:
-    """A cache for `batch` rows that all start with `prefix` (a batch-1 cache), with room for `room` tokens each."""
-    return Cache(layers=[SharedPrefixLayer(layer.keys, layer.values, batch, room) for layer in prefix.layers])
+def shared_prefix_cache(
+    prefix: Cache, batch: int, room: int, own: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+) -> Cache:
+    """A cache for `batch` rows that all start with `prefix` (a batch-1 cache), with room for `room` tokens
+    each; `own` (per layer, keys and values [batch, heads, C, dim]) fills each row's first C own tokens."""
+    layers = [SharedPrefixLayer(layer.keys, layer.values, batch, room) for layer in prefix.layers]
+    for layer, (keys, values) in zip(layers, own or []):
+        layer.own_keys[:, :, : keys.shape[2]] = keys
+        layer.own_values[:, :, : keys.shape[2]] = values
+        layer.length = keys.shape[2]
+    return Cache(layers=layers)
+
+
+class SavedRow(NamedTuple):
+    """A finished row of the last generate call: its tokens (prompt and reply) and the KV of its tokens
+    after the shared prefix, per layer [heads, n, dim]; n is one short of the tokens (the last reply
+    token was never fed back)."""
+
+    tokens: list[int]
+    prefix_len: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def save_rows(cache: Cache, rows: list[list[int]], prefix_len: int, own_mask: torch.Tensor) -> list[SavedRow]:
+    """Each row's own KV out of a finished batch cache. `rows` are the full token lists (prompt and every
+    token generate appended); `own_mask` [batch, input width after the prefix] marks the real input tokens
+    (the rest is padding); every column after the input holds a generated token."""
+    length, width = cache.layers[0].length, own_mask.shape[1]
+    saved = []
+    for k, tokens in enumerate(rows):
+        cols = torch.cat([own_mask[k].nonzero()[:, 0], torch.arange(width, length)])
+        kv = [(layer.own_keys[k][:, cols], layer.own_values[k][:, cols]) for layer in cache.layers]
+        saved.append(SavedRow(tokens[: prefix_len + len(cols)], prefix_len, kv))
+    return saved
+
+
+def common_length(a: list[int], b: list[int], start: int = 0) -> int:
+    n = min(len(a), len(b))
+    k = start
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def best_saved(saved: list[SavedRow], row: list[int], prefix_len: int) -> tuple[SavedRow | None, int]:
+    """The saved row that shares the most tokens with `row` past the batch's prefix, and how many of
+    `row`'s tokens (counted from the start) its KV covers; every row keeps at least one token to feed."""
+    best, covered = None, prefix_len
+    for entry in saved:
+        if entry.prefix_len > prefix_len or entry.tokens[: prefix_len + 1] != row[: prefix_len + 1]:
+            continue
+        shared = min(common_length(entry.tokens, row, prefix_len + 1), len(row) - 1)
+        if shared > covered:
+            best, covered = entry, shared
+    return best, covered
 
 
 def _attend(query, key, value, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:

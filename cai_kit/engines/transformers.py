@@ -39,6 +39,7 @@ def pick_dtype(dtype: str):
 
 
 MIN_PREFIX = 32  # shorter shared prefixes are not worth a separate forward pass
+ROW_CACHE_BATCHES = 4  # rows kept for reuse by the next call: 4 batches' worth (~7 MB a row, default model)
 
 
 def _common_prefix_length(rows: list[list[int]]) -> int:
@@ -63,6 +64,7 @@ class TransformersEngine:
         prefix_cache: bool = True,
         chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
         shared_prefix: bool = True,
+        row_cache: bool = True,
     ):
         import torch
 
@@ -89,12 +91,18 @@ class TransformersEngine:
             self.model.set_attn_implementation(ATTENTION)
         self._prefix_key: list[int] | None = None
         self._prefix_kv = None
+        # Each row's KV from the last generate call, reused by rows of the next call that extend it (a
+        # revision extends its critique's conversation); shared-prefix path only, at most ROW_CACHE_BATCHES
+        # batches of rows kept.
+        self.row_cache = row_cache and self.shared_prefix
+        self._saved: list = []
         self.tokenizer.padding_side = "left"
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
         self.stop_ids = sorted(i for i in eos_ids if i is not None)
         self.generated_tokens = 0  # running total, read by progress displays and benchmarks
+        self.reused_tokens = 0  # prompt tokens whose KV came from the last call's rows (row_cache)
 
     def render(self, conversation: Conversation) -> str:
         """The chat-template text of a conversation, ready for the model to write the assistant turn."""
@@ -135,21 +143,50 @@ class TransformersEngine:
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
             self._prefix_key, self._prefix_kv = prefix, getattr(out, "cache", None) or out.past_key_values
-        width = max(len(r) - shared for r in rows)
+        own, cached = self._reused(rows, shared) if self.row_cache else (None, [0] * len(rows))
+        known, rest = max(cached), [len(r) - shared - c for r, c in zip(rows, cached)]
+        width = max(rest)
         if self.shared_prefix:
             from cai_kit.engines.shared_prefix import shared_prefix_cache
 
-            cache = shared_prefix_cache(self._prefix_kv, len(rows), room=width + max_new_tokens)
+            cache = shared_prefix_cache(self._prefix_kv, len(rows), room=known + width + max_new_tokens, own=own)
         else:
             cache = copy.deepcopy(self._prefix_kv)
             cache.batch_repeat_interleave(len(rows))
-        ids = [prefix + [pad] * (width - len(r) + shared) + r[shared:] for r in rows]
-        mask = [[1] * shared + [0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows]
+        # Each row after the prefix: [pad][tokens whose KV is reused][pad][tokens to prefill]; positions
+        # come from the mask, so padding in the middle changes nothing.
+        ids, mask = [], []
+        for r, c, n in zip(rows, cached, rest):
+            ids.append(prefix + [pad] * (known - c) + r[shared : shared + c] + [pad] * (width - n) + r[shared + c :])
+            mask.append([1] * shared + [0] * (known - c) + [1] * c + [0] * (width - n) + [1] * n)
         return {
             "input_ids": torch.tensor(ids, device=self.device),
             "attention_mask": torch.tensor(mask, device=self.device),
             "cache": cache,
         }
+
+    def _reused(self, rows: list[list[int]], shared: int) -> tuple[list | None, list[int]]:
+        """KV of the last call's rows that these rows extend: per layer (keys, values) [batch, heads, C,
+        dim], each row's part right-aligned, and how many of each row's own tokens it covers."""
+        from cai_kit.engines.shared_prefix import best_saved
+
+        found = [best_saved(self._saved, row, shared) for row in rows]
+        cached = [covered - shared for _, covered in found]
+        self.reused_tokens += sum(cached)
+        known = max(cached)
+        if not known:
+            return None, cached
+        own = []
+        for index, layer in enumerate(self._prefix_kv.layers):
+            _, heads, _, dim = layer.keys.shape
+            keys, values = (layer.keys.new_zeros(len(rows), heads, known, dim) for _ in range(2))
+            for k, ((entry, _), c) in enumerate(zip(found, cached)):
+                if c:
+                    start = shared - entry.prefix_len
+                    keys[k, :, known - c :] = entry.kv[index][0][:, start : start + c]
+                    values[k, :, known - c :] = entry.kv[index][1][:, start : start + c]
+            own.append((keys, values))
+        return own, cached
 
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
         import torch
@@ -166,7 +203,7 @@ class TransformersEngine:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        started, produced = time.perf_counter(), 0
+        started, produced, saved = time.perf_counter(), 0, []
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             inputs = self._batch_inputs([encoded[i] for i in batch], params.max_new_tokens)
@@ -186,6 +223,12 @@ class TransformersEngine:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+            if self.row_cache and "cache" in inputs and len(saved) < ROW_CACHE_BATCHES * self.batch_size:
+                from cai_kit.engines.shared_prefix import save_rows
+
+                shared = len(self._prefix_key or [])
+                full = [encoded[i] + tokens for i, tokens in zip(batch, new_tokens)]
+                saved += save_rows(inputs["cache"], full, shared, inputs["attention_mask"][:, shared:])
             for index, tokens in zip(batch, new_tokens):
                 stop_at = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
                 kept = tokens if stop_at is None else tokens[:stop_at]
@@ -197,6 +240,7 @@ class TransformersEngine:
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{produced / max(time.perf_counter() - started, 1e-9):.0f}")
         bar.close()
+        self._saved = saved
         self.generated_tokens += produced
         return [r for r in results if r is not None]
 
