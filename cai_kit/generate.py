@@ -355,6 +355,11 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
             print(f"cai generate: {refused}; making {fallback} pairs instead (judge_fallback)", file=sys.stderr)
             notes.append(f"Judge pairs were asked for, but {refused}; {fallback} pairs were made instead.")
             modes = list(dict.fromkeys(fallback if mode == "judge" else mode for mode in modes))
+            # The failed judge labelled nothing: it is no producer of these rows (provenance, licence guard).
+            options = options.model_copy(update={"pairs": modes})
+            if judge is not engine:
+                judge.close()
+            judge = None
     folder = RunFolder(options.out or default_out(options.constitution))
     rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
     wanted = {_row_id(row.id, mode) for row in prompts for mode in modes}

@@ -612,6 +612,7 @@ def test_a_failed_judge_falls_back_and_the_card_says_so(setup, monkeypatch, tmp_
     out = run_generate(options(setup, pairs=["judge"], judge_fallback="revision"), engine=engine)
     rows = read(out / "generations.jsonl")
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(6)]  # revision rows, not judged ones
+    assert all("judge" not in r["models"] for r in rows), "the failed judge labelled nothing"
     card = (out / "README.md").read_text()
     assert "failed cai judge-check" in card and "revision pairs were made instead" in card
     judged_before = engine.judged
