@@ -28,7 +28,7 @@ from cai_kit.engines import Engine, load_engine
 from cai_kit.errors import UsageError
 from cai_kit.judge import DEFAULT_CLAMP, first_position_bias, judge_pairs
 from cai_kit.run_folder import _write_atomic
-from cai_kit.stats import format_rate, rate
+from cai_kit.stats import format_rate, rate, wilson
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK_SET = REPO / "data" / "judge_check.jsonl"
@@ -80,13 +80,19 @@ def load_check_set(path: Path = CHECK_SET) -> list[CheckPair]:
     return pairs
 
 
+def round_robin(pairs: list[CheckPair]) -> list[CheckPair]:
+    """The pairs taken round-robin over the kinds (file order kept within a kind)."""
+    groups = [[p for p in pairs if p.kind == kind] for kind in dict.fromkeys(p.kind for p in pairs)]
+    return [
+        group[depth] for depth in range(max(map(len, groups), default=0)) for group in groups if depth < len(group)
+    ]
+
+
 def select_pairs(pairs: list[CheckPair], limit: int | None) -> list[CheckPair]:
-    """All pairs, or `limit` of them taken round-robin over the kinds (file order kept within a kind)."""
+    """All pairs, or `limit` of them taken round-robin over the kinds."""
     if not limit or limit >= len(pairs):
         return pairs
-    groups = [[p for p in pairs if p.kind == kind] for kind in dict.fromkeys(p.kind for p in pairs)]
-    picked = [group[depth] for depth in range(max(map(len, groups))) for group in groups if depth < len(group)]
-    return picked[:limit]
+    return round_robin(pairs)[:limit]
 
 
 def check_judge(
@@ -99,21 +105,43 @@ def check_judge(
     clamp: tuple[float, float] = DEFAULT_CLAMP,
     min_accuracy: float = MIN_ACCURACY,
     min_consistency: float = MIN_CONSISTENCY,
+    stop_early: bool = False,
 ) -> dict[str, Any]:
     """Judge the check pairs (the shipped set unless `pairs` is given) and return the summary and per-pair rows.
 
     The better answer is passed as answer A; `judge_pairs` asks both orders, so its place does not matter.
+    With `stop_early` the pairs go in quarters (round-robin over the kinds), and the check stops, failed,
+    once the 95% upper bound of accuracy or of order consistency is below its threshold: a gate does not
+    need the last decimal of a judge that picks by position (`stopped_early` says after how many pairs).
     """
     chosen = select_pairs(pairs if pairs is not None else load_check_set(), limit)
-    scores = judge_pairs(
-        engine,
-        [p.prompt for p in chosen],
-        [p.better for p in chosen],
-        [p.worse for p in chosen],
-        questions,
-        cot=cot,
-        clamp=clamp,
-    )
+    if stop_early:
+        chosen = round_robin(chosen)  # every quarter covers every kind
+    step = -(-len(chosen) // 4) if stop_early else len(chosen)
+    scores: list = []
+    stopped = None
+    for start in range(0, len(chosen), max(step, 1)):
+        part = chosen[start : start + step]
+        scores += judge_pairs(
+            engine,
+            [p.prompt for p in part],
+            [p.better for p in part],
+            [p.worse for p in part],
+            questions,
+            cot=cot,
+            clamp=clamp,
+        )
+        done = len(scores)
+        if (
+            stop_early
+            and done < len(chosen)
+            and (
+                wilson(sum(s.p > 0.5 for s in scores), done)[1] < min_accuracy
+                or wilson(sum(s.consistent for s in scores), done)[1] < min_consistency
+            )
+        ):
+            stopped, chosen = done, chosen[:done]
+            break
     rows = []
     for pair, score in zip(chosen, scores, strict=True):
         row = {
@@ -142,6 +170,7 @@ def check_judge(
         },
         "thresholds": {"min_accuracy": min_accuracy, "min_consistency": min_consistency},
         "passed": passed,
+        "stopped_early": stopped,
         "pairs": rows,
     }
 

@@ -217,8 +217,10 @@ def check_judge_once(options: GenerateOptions, judge: Engine, questions: list[st
     from cai_kit.judge_check import CHECK_SET, check_judge
     from cai_kit.models import cache_dir
 
+    thresholds = [options.judge_min_accuracy, options.judge_min_consistency]  # the check stops early by them
     key = json.dumps(
         [options.judge_model or options.model, questions, hashlib.sha256(CHECK_SET.read_bytes()).hexdigest()]
+        + thresholds
     )
     path = cache_dir() / "judge-check" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file():
@@ -227,8 +229,15 @@ def check_judge_once(options: GenerateOptions, judge: Engine, questions: list[st
         f"cai generate: checking the judge {options.judge_model or options.model} first (cai judge-check)",
         file=sys.stderr,
     )
-    results = check_judge(judge, questions)
-    summary = {k: results[k] for k in ("judge", "n", "accuracy", "consistency", "first_position_bias")}
+    results = check_judge(
+        judge,
+        questions,
+        min_accuracy=options.judge_min_accuracy,
+        min_consistency=options.judge_min_consistency,
+        stop_early=True,
+    )
+    keys = ("judge", "n", "accuracy", "consistency", "first_position_bias", "stopped_early")
+    summary = {k: results[k] for k in keys}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -252,4 +261,5 @@ def gate_judge(options: GenerateOptions, judge: Engine, constitution: Constituti
         f"the judge {options.judge_model or options.model} failed cai judge-check: accuracy "
         f"{share(check['accuracy'])} (needs {options.judge_min_accuracy:.2f}), order consistency "
         f"{share(check['consistency'])} (needs {options.judge_min_consistency:.2f}) on {check['n']} pairs"
+        + (" (stopped there: it could no longer pass)" if check.get("stopped_early") else "")
     )

@@ -603,7 +603,11 @@ def test_a_judge_that_fails_judge_check_stops_the_run_before_anything_is_written
     with pytest.raises(UsageError, match=failed):
         run_generate(options(setup, pairs=["judge"]), engine=PositionBiasedJudge())
     assert not Path(setup[2]).exists()
-    assert list((tmp_path / "cache" / "judge-check").glob("*.json")), "the check is cached per judge"
+    cached = list((tmp_path / "cache" / "judge-check").glob("*.json"))
+    assert cached, "the check is cached per judge"
+    summary = json.loads(cached[0].read_text())
+    # consistency 0/42 has a 95% upper bound far below 0.6: the gate stops after the first quarter
+    assert summary["stopped_early"] == summary["n"] == 42 and summary["consistency"]["k"] == 0
 
 
 def test_a_failed_judge_falls_back_and_the_card_says_so(setup, monkeypatch, tmp_path):

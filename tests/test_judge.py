@@ -339,3 +339,17 @@ def test_default_model_judge_scores_are_finite_bounded_and_swap_symmetric(defaul
         assert all(math.isfinite(x) and 0 <= x <= 1 for x in (f.p, f.p_a_first_order, f.p_a_swapped))
         assert f.p + b.p == pytest.approx(1.0, abs=1e-3)  # batch padding may move the last digits
         assert f.consistent == b.consistent
+
+
+def test_the_gate_stops_early_only_when_the_judge_can_no_longer_pass():
+    good = _pairs(dict.fromkeys(KINDS, True), per_kind=20)
+    judge = ScriptedJudge(quality=3.0, bias=1.0)
+    full = check_judge(judge, ["Which?"], good, stop_early=True)
+    assert full["passed"] and full["n"] == 60 and full["stopped_early"] is None
+    assert len(judge.logprob_calls) == 4  # four quarters, every one asked
+    biased = ScriptedJudge(quality=1.0, bias=2.0)  # consistency 0: the upper bound of 0/15 is below 0.6
+    stopped = check_judge(biased, ["Which?"], good, stop_early=True)
+    assert not stopped["passed"] and stopped["stopped_early"] == stopped["n"] == 15
+    assert len(biased.logprob_calls) == 1
+    assert {row["kind"] for row in stopped["pairs"]} == set(KINDS), "each quarter spans every kind"
+    assert check_judge(ScriptedJudge(quality=1.0, bias=2.0), ["Which?"], good)["n"] == 60  # the command asks all
