@@ -24,7 +24,7 @@ from cai_kit.judge_check import MIN_ACCURACY, MIN_CONSISTENCY
 from cai_kit.prompt_sets import PromptRow, load_many
 from cai_kit.prompts import render
 from cai_kit.refusal import is_refusal
-from cai_kit.run_folder import RunFolder
+from cai_kit.run_folder import RunFolder, push_folder
 
 DEFAULT_PROMPTS = ["red_team", "helpful"]
 DEFAULT_LIMIT = 48  # keeps the bare quickstart near 5 minutes on a 2-core CPU; --limit 0 lifts it
@@ -300,23 +300,25 @@ def _manifest(options: GenerateOptions, constitution: Constitution, prompts: lis
     }
 
 
-def push_folder(path: Path, repo_id: str) -> None:
-    """Upload a finished run folder as a Hugging Face dataset (sft and prefs configs, card, manifest)."""
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi()  # reads HF_TOKEN from the environment; the token is never printed or stored
-        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-        api.upload_folder(folder_path=str(path), repo_id=repo_id, repo_type="dataset")
-    except Exception as err:  # the rows are safe on disk; say so instead of a traceback
-        raise UsageError(
-            f"--push-to-hub {repo_id}: upload failed ({str(err).splitlines()[0][:200]}); the run is complete in {path}"
-        ) from None
-    print(f"pushed {path} to the dataset repo {repo_id}", file=sys.stderr)
-
-
 def default_out(constitution_path: str) -> str:
     return str(Path("runs") / f"{Path(constitution_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def _check(options: GenerateOptions) -> None:
+    """One line per bad option, before anything loads."""
+    from cai_kit.engines import engine_problems
+
+    problems = engine_problems(options.engine, options.engine_options)
+    unknown = sorted(set(options.filters) - set(FILTERS))
+    if unknown:
+        problems.append(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
+    unknown = sorted(set(options.pairs) - set(PAIR_MODES))
+    if unknown:
+        problems.append(f"pairs: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(PAIR_MODES)}")
+    if options.judge_fallback not in (None, "revision", "contrast"):
+        problems.append(f"judge_fallback: {options.judge_fallback!r} is not revision or contrast")
+    if problems:
+        raise UsageError(problems)
 
 
 def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path:
@@ -328,38 +330,12 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
     from cai_kit.licence_guard import check_generate
 
     check_generate(options)  # before any work: a forbidden licence combination stops here
-    unknown = sorted(set(options.filters) - set(FILTERS))
-    if unknown:
-        raise UsageError(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
-    unknown = sorted(set(options.pairs) - set(PAIR_MODES))
-    if unknown:
-        raise UsageError(f"pairs: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(PAIR_MODES)}")
-    if options.judge_fallback not in (None, "revision", "contrast"):
-        raise UsageError(f"judge_fallback: {options.judge_fallback!r} is not revision or contrast")
+    _check(options)
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
+    # Before the folder is touched: a judge that fails its check stops the run here, or falls back.
+    options, engine, judge, notes = pairs.gate_or_fall_back(options, engine, constitution)
     modes = list(dict.fromkeys(options.pairs))
-    judge: Engine | None = None
-    notes: list[str] = []
-    if "judge" in modes:  # before the folder is touched: a judge that fails its check stops the run here
-        engine = engine or _engine(options, options.model)
-        judge = _judge_engine(options, engine)
-        refused = pairs.gate_judge(options, judge, constitution)
-        if refused and not options.judge_fallback:
-            raise UsageError(
-                f"--pairs judge: {refused}; its labels would be noise. Use a bigger --judge-model, --pairs contrast, "
-                "--judge-fallback revision|contrast, or --trust-judge to use it anyway"
-            )
-        if refused:
-            fallback = options.judge_fallback
-            print(f"cai generate: {refused}; making {fallback} pairs instead (judge_fallback)", file=sys.stderr)
-            notes.append(f"Judge pairs were asked for, but {refused}; {fallback} pairs were made instead.")
-            modes = list(dict.fromkeys(fallback if mode == "judge" else mode for mode in modes))
-            # The failed judge labelled nothing: it is no producer of these rows (provenance, licence guard).
-            options = options.model_copy(update={"pairs": modes})
-            if judge is not engine:
-                judge.close()
-            judge = None
     folder = RunFolder(options.out or default_out(options.constitution))
     rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
     wanted = {_row_id(row.id, mode) for row in prompts for mode in modes}
@@ -403,7 +379,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path
                 if tokens:
                     bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
         bar.close()
-    write_card(folder, constitution, options.model_copy(update={"pairs": modes}), rows, notes)
+    write_card(folder, constitution, options, rows, notes)
     print_summary(folder, rows, time.perf_counter() - started)
     if options.push_to_hub:
         push_folder(folder.path, options.push_to_hub)

@@ -16,6 +16,7 @@ from typing import Any
 
 from cai_kit.constitution import Constitution
 from cai_kit.engines import Conversation, Engine, GenParams
+from cai_kit.errors import UsageError
 from cai_kit.filters import candidate_score
 from cai_kit.generate import (
     GenerateOptions,
@@ -243,6 +244,35 @@ def check_judge_once(options: GenerateOptions, judge: Engine, questions: list[st
     tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     tmp.replace(path)
     return summary
+
+
+def gate_or_fall_back(
+    options: GenerateOptions, engine: Engine | None, constitution: Constitution
+) -> tuple[GenerateOptions, Engine | None, Engine | None, list[str]]:
+    """With `judge` among the pair modes, check the judge first: return (options, engine, judge, card
+    notes). A judge that fails stops the run, or with judge_fallback its mode is swapped for the fallback
+    (said on stderr and in the notes) and it is no longer a producer of the rows."""
+    if "judge" not in options.pairs:
+        return options, engine, None, []
+    from cai_kit.generate import _engine, _judge_engine
+
+    engine = engine or _engine(options, options.model)
+    judge = _judge_engine(options, engine)
+    refused = gate_judge(options, judge, constitution)
+    if not refused:
+        return options, engine, judge, []
+    if not options.judge_fallback:
+        raise UsageError(
+            f"--pairs judge: {refused}; its labels would be noise. Use a bigger --judge-model, --pairs contrast, "
+            "--judge-fallback revision|contrast, or --trust-judge to use it anyway"
+        )
+    fallback = options.judge_fallback
+    print(f"cai generate: {refused}; making {fallback} pairs instead (judge_fallback)", file=sys.stderr)
+    modes = list(dict.fromkeys(fallback if mode == "judge" else mode for mode in options.pairs))
+    if judge is not engine:
+        judge.close()
+    note = f"Judge pairs were asked for, but {refused}; {fallback} pairs were made instead."
+    return options.model_copy(update={"pairs": modes}), engine, None, [note]
 
 
 def gate_judge(options: GenerateOptions, judge: Engine, constitution: Constitution) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,18 @@ class RunFolder:
     def remove_if_empty(self) -> None:
         if self.path.is_dir() and not any(self.path.iterdir()):
             shutil.rmtree(self.path)
+
+
+def push_folder(path: Path, repo_id: str) -> None:
+    """Upload a finished run folder as a Hugging Face dataset (sft and prefs configs, card, manifest)."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()  # reads HF_TOKEN from the environment; the token is never printed or stored
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        api.upload_folder(folder_path=str(path), repo_id=repo_id, repo_type="dataset")
+    except Exception as err:  # the rows are safe on disk; say so instead of a traceback
+        raise UsageError(
+            f"--push-to-hub {repo_id}: upload failed ({str(err).splitlines()[0][:200]}); the run is complete in {path}"
+        ) from None
+    print(f"pushed {path} to the dataset repo {repo_id}", file=sys.stderr)

@@ -135,6 +135,29 @@ def test_unknown_engines_and_options_are_one_line():
         load_engine("vlm", "default")
     with pytest.raises(UsageError, match="engine 'transformers' has no option 'batchsize'"):
         load_engine("transformers", "default", batchsize=4)
+    with pytest.raises(
+        UsageError, match="engine 'transformers' option 'row_cache': expected true or false, got 'maybe'"
+    ):
+        load_engine("transformers", "default", row_cache="maybe")
+    with pytest.raises(UsageError, match="option 'batch_size': expected a whole number, got 'four'"):
+        load_engine("transformers", "default", batch_size="four")
+
+
+def test_a_mistyped_engine_option_is_one_line_and_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from cai_kit.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["generate", "-c", "constitutions/harmless.yaml", "--out", str(out), "--engine-option", "row_cache=maybe"],
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        result.stderr.strip() == "error: engine 'transformers' option 'row_cache': expected true or false, got 'maybe'"
+    )
+    assert not out.exists()
 
 
 def test_a_model_without_a_chat_template_needs_one_and_takes_one_from_a_file(tiny_model_path, tmp_path):

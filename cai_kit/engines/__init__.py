@@ -77,12 +77,20 @@ def engine_problems(name: str, options: dict[str, Any]) -> list[str]:
     if name not in ENGINES:
         return [f"unknown engine {name!r}; choose one of: {', '.join(['auto', *ENGINES])}"]
     module_name, class_name, _ = ENGINES[name]
-    accepted = list(inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters)[1:]
-    return [
-        f"engine {name!r} has no option {key!r}; its options: {', '.join(accepted)}"
-        for key in options
-        if key not in accepted
-    ]
+    parameters = dict(
+        list(inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters.items())[1:]
+    )
+    problems = []
+    for key, value in options.items():
+        if key not in parameters:
+            problems.append(f"engine {name!r} has no option {key!r}; its options: {', '.join(parameters)}")
+            continue
+        default = parameters[key].default  # a bool or int default: the value must be one too
+        if isinstance(default, bool) and not isinstance(value, bool):
+            problems.append(f"engine {name!r} option {key!r}: expected true or false, got {value!r}")
+        elif type(default) is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"engine {name!r} option {key!r}: expected a whole number, got {value!r}")
+    return problems
 
 
 def load_engine(name: str, model: str, **options: Any) -> Engine:
