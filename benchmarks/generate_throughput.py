@@ -16,6 +16,7 @@ the in-process vllm engine (f). Each prints tokens/s and its ratio to (b).
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --prompts 8 --naive-prompts 1 --openai
     python benchmarks/generate_throughput.py --no-shared-prefix   # (b) with the prefix cache copied per row
     python benchmarks/generate_throughput.py --no-row-cache       # (b) without reusing critique KV in revisions
+    python benchmarks/generate_throughput.py --no-early-exit      # (b) decoding with model.generate (rows never leave)
 """
 
 from __future__ import annotations
@@ -53,25 +54,8 @@ class Recording:
 
 
 def raw_generate(engine: TransformersEngine, conversations, params: GenParams, batch_size: int) -> int:
-    tokens = 0
-    for start in range(0, len(conversations), batch_size):
-        texts = [engine.render(c) for c in conversations[start : start + batch_size]]
-        inputs = engine.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            output = engine.model.generate(
-                **inputs,
-                max_new_tokens=params.max_new_tokens,
-                do_sample=False,
-                repetition_penalty=params.repetition_penalty,
-                eos_token_id=engine.stop_ids,
-                pad_token_id=engine.tokenizer.pad_token_id,
-            )
-        new = output[:, inputs["input_ids"].shape[1] :]
-        # Count tokens up to the first stop token, as the engine does.
-        for row in new.tolist():
-            stop = next((k for k, t in enumerate(row) if t in engine.stop_ids), len(row))
-            tokens += stop
-    return tokens
+    """Tokens from plain `model.generate` batches, counted up to the first stop token as the engine counts."""
+    return sum(len(reply) for reply in engine.plain_generate(conversations, params, batch_size))
 
 
 def replay(engine, stages, params: GenParams) -> float:
@@ -129,6 +113,9 @@ def main() -> None:
     parser.add_argument(
         "--no-row-cache", action="store_true", help="recompute revision prompts instead of reusing the critique KV"
     )
+    parser.add_argument(
+        "--no-early-exit", action="store_true", help="decode with model.generate, which keeps finished rows to the end"
+    )
     args = parser.parse_args()
 
     engine = TransformersEngine(
@@ -138,6 +125,7 @@ def main() -> None:
         progress=False,
         shared_prefix=not args.no_shared_prefix,
         row_cache=not args.no_row_cache,
+        early_exit=not args.no_early_exit,
     )
     constitution = load_constitution(args.constitution)
     prompts = load_many(["red_team", "helpful"], limit=args.prompts)
@@ -148,7 +136,7 @@ def main() -> None:
     print(
         f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
         f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} shared_prefix={engine.shared_prefix} "
-        f"row_cache={engine.row_cache}"
+        f"row_cache={engine.row_cache} early_exit={engine.early_exit}"
     )
 
     recording = Recording(engine)

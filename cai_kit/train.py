@@ -20,6 +20,7 @@ With `processes > 1` the training stages run under `accelerate launch`, each pro
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import shlex
@@ -153,7 +154,12 @@ def _changed_since(folder: Path, options: dict[str, Any]) -> str:
     before = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("options")
     if before is None:
         return ""
-    changed = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in options.items() if before.get(key) != value]
+    # `out` moves with the folder (a run copied into another output_dir): not a change of what it holds.
+    changed = [
+        f"{key} {before.get(key)!r} -> {value!r}"
+        for key, value in options.items()
+        if before.get(key) != value and key != "out"
+    ]
     if not changed:
         return ""
     return f"; WARNING: the recipe changed since it ran ({'; '.join(changed)}): delete {folder} to generate it again"
@@ -241,7 +247,7 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     # disabled: the reference is the starting model, and no second copy is loaded.
     trainer = trainer_class(model=base, args=args, train_dataset=datasets["train"],
                             eval_dataset=datasets.get("test"), peft_config=peft_config,
-                            callbacks=[RankRecord(folder / "ranks", stage), *(callbacks or [])])
+                            callbacks=[RankRecord(folder / "ranks", stage), TrimMemory(), *(callbacks or [])])
     if stage == "dpo" and trainer.is_world_process_zero():
         reference = ("the starting model with the LoRA adapter off (one copy in memory)"
                      if getattr(trainer, "ref_model", None) is None and peft_config else "a separate copy")
@@ -306,6 +312,26 @@ class RankRecord(TrainerCallback):
         (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(record) + "\n")
         if args.world_size > 1:
             log(f"{self.stage}: rank {args.process_index}/{args.world_size} ran {self.steps} steps")
+
+
+class TrimMemory(TrainerCallback):
+    """Hands freed heap memory back to the OS after every step (glibc's `malloc_trim`; elsewhere a no-op).
+
+    Padding-free batches have a new shape every step, and on a CPU glibc keeps the freed blocks of
+    each: the SFT stage's RSS grew ~65 MB a step here, from 2.8 to 4.8 GB over 62 steps, and the
+    stages after it started from there (README, "Measured figures")."""
+
+    def __init__(self):
+        self.trim = None
+        if sys.platform.startswith("linux"):
+            try:
+                self.trim = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
+                pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trim is not None:
+            self.trim(0)
 
 
 def launch(recipe: Recipe, stage: str) -> None:

@@ -209,6 +209,17 @@ def test_row_cache_reuses_the_last_calls_rows_and_changes_no_reply(tiny_model_pa
     assert len(engines[True]._saved) == 5  # only the last call's rows are kept
 
 
+def test_early_exit_off_decodes_with_model_generate_and_changes_no_reply(tiny_model_path):
+    params = GenParams(max_new_tokens=8)
+    engines = {
+        flag: load_engine("transformers", tiny_model_path, batch_size=2, dtype="fp32", progress=False, early_exit=flag)
+        for flag in (True, False)
+    }
+    replies = {flag: _chained(engine, chats(5), params) for flag, engine in engines.items()}
+    assert replies[True] == replies[False]
+    assert engines[True].reused_tokens == engines[False].reused_tokens > 5 * 20
+
+
 @pytest.mark.slow
 def test_default_model_replies_are_the_same_with_and_without_the_row_cache(default_model_path):
     # fp32 for token identity (see above); repetition_penalty reads every token, reused or not.
@@ -223,3 +234,24 @@ def test_default_model_replies_are_the_same_with_and_without_the_row_cache(defau
     with_cache, without = (_chained(engine, conversations, params) for engine in engines)
     assert with_cache == without and all(all(turn) for turn in with_cache)
     assert engines[0].reused_tokens > 2 * 2 * 16 and engines[1].reused_tokens == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_rows_that_stop_early_leave_the_batch_and_every_reply_matches_model_generate(default_model_path, prefix_cache):
+    # fp32 for token identity; short questions end at different steps, so rows leave the batch mid-way.
+    engine = load_engine(
+        "transformers", default_model_path, batch_size=8, dtype="fp32", progress=False, prefix_cache=prefix_cache
+    )
+    questions = ["Name a fruit.", "Say yes.", "Why is the sky blue?", "What is 2+2?", "Name a colour.", "Hi!"]
+    conversations = [FEW_SHOT * 3 + [{"role": "user", "content": q}] for q in questions]
+    params = GenParams(max_new_tokens=24, repetition_penalty=1.1)
+    expected = engine.plain_generate(conversations, params, batch_size=8)
+    lengths = [len(row) for row in expected]
+    assert len(set(lengths)) > 2 and min(lengths) < params.max_new_tokens  # rows do stop at different steps
+    replies = engine.generate(conversations, params)
+    assert [r.tokens for r in replies] == lengths
+    texts = [engine.tokenizer.decode(row, skip_special_tokens=True).strip() for row in expected]
+    assert [r.text for r in replies] == texts
+    reasons = ["length" if n == params.max_new_tokens else "stop" for n in lengths]
+    assert [r.finish_reason for r in replies] == reasons

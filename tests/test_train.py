@@ -7,6 +7,7 @@ end-to-end test at the bottom runs the real pipeline through the CLI.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,14 @@ def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monke
     assert "WARNING: the recipe changed since it ran (limit " in warning and "-> 3)" in warning
     assert f"delete {out / 'generate' / '1-helpful'} to generate it again" in warning, warning
     assert "WARNING" not in next(line for line in changed.output.splitlines() if "generate[0]" in line)
+    # A run folder copied into another output_dir is the same data: no warning about `out`.
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    copied = CliRunner().invoke(
+        main, ["train", "recipes/tiny.yaml", "--set", f"output_dir={moved}", "--stages", "generate"]
+    )
+    assert copied.exit_code == 0, copied.output
+    assert "generate[1]: complete, skipped" in copied.output and "WARNING" not in copied.output
 
 
 def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_model_path, monkeypatch):

@@ -59,6 +59,10 @@ class SharedPrefixLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.prefix_keys.shape[-2] + self.length
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only these rows (the decode loop drops finished ones); the shared prefix stays."""
+        self.own_keys, self.own_values = self.own_keys[indices], self.own_values[indices]
+
 
 def _grow(buffer: torch.Tensor, room: int) -> torch.Tensor:
     grown = buffer.new_empty(buffer.shape[0], buffer.shape[1], room, buffer.shape[3])
@@ -89,15 +93,19 @@ class SavedRow(NamedTuple):
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def save_rows(cache: Cache, rows: list[list[int]], prefix_len: int, own_mask: torch.Tensor) -> list[SavedRow]:
-    """Each row's own KV out of a finished batch cache. `rows` are the full token lists (prompt and every
-    token generate appended); `own_mask` [batch, input width after the prefix] marks the real input tokens
-    (the rest is padding); every column after the input holds a generated token."""
-    length, width = cache.layers[0].length, own_mask.shape[1]
+def save_rows(
+    cache: Cache, places: list[int], rows: list[list[int]], prefix_len: int, own_masks: list[torch.Tensor]
+) -> list[SavedRow]:
+    """The own KV of finished rows of a batch cache. `places` are the rows' places in the cache's batch,
+    `rows` their full token lists (prompt and reply, the reply ending at its stop token), `own_masks`
+    their input masks after the prefix (1 for a real token, 0 for padding; all of the same width).
+    Every cache column after the input holds a fed reply token, and all but a reply's last were fed."""
     saved = []
-    for k, tokens in enumerate(rows):
-        cols = torch.cat([own_mask[k].nonzero()[:, 0], torch.arange(width, length)])
-        kv = [(layer.own_keys[k][:, cols], layer.own_values[k][:, cols]) for layer in cache.layers]
+    for place, tokens, own_mask in zip(places, rows, own_masks):
+        given = own_mask.nonzero()[:, 0]
+        fed = len(tokens) - prefix_len - len(given) - 1
+        cols = torch.cat([given, torch.arange(len(own_mask), len(own_mask) + fed)])
+        kv = [(layer.own_keys[place][:, cols], layer.own_values[place][:, cols]) for layer in cache.layers]
         saved.append(SavedRow(tokens[: prefix_len + len(cols)], prefix_len, kv))
     return saved
 

@@ -65,6 +65,7 @@ class TransformersEngine:
         chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
         shared_prefix: bool = True,
         row_cache: bool = True,
+        early_exit: bool = True,
     ):
         import torch
 
@@ -96,6 +97,8 @@ class TransformersEngine:
         # batches of rows kept.
         self.row_cache = row_cache and self.shared_prefix
         self._saved: list = []
+        # Finished rows leave the batch (engines/decode.py); false decodes with model.generate.
+        self.early_exit = early_exit
         self.tokenizer.padding_side = "left"
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -188,10 +191,29 @@ class TransformersEngine:
             own.append((keys, values))
         return own, cached
 
+    def _keeper(self, batch: list[int], encoded: list[list[int]], inputs: dict, saved: list):
+        """The decode loop's callback that keeps finished rows' KV for the next call (row_cache), or None."""
+        if not (self.row_cache and "cache" in inputs):
+            return None
+        from cai_kit.engines.shared_prefix import save_rows
+
+        shared = len(self._prefix_key or [])
+        own_masks = inputs["attention_mask"][:, shared:]
+
+        def finished(cache, places, rows, replies) -> None:
+            if len(saved) < ROW_CACHE_BATCHES * self.batch_size:
+                full = [encoded[batch[k]] + reply for k, reply in zip(rows, replies)]
+                saved.extend(save_rows(cache, places, full, shared, [own_masks[k] for k in rows]))
+
+        return finished
+
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
         import torch
         from tqdm import tqdm
 
+        from cai_kit.engines.decode import decode, generate_whole_batch
+
+        run = decode if self.early_exit else generate_whole_batch
         encoded = self._encode([self.render(c) for c in conversations])
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         results: list[Completion | None] = [None] * len(encoded)
@@ -207,28 +229,13 @@ class TransformersEngine:
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             inputs = self._batch_inputs([encoded[i] for i in batch], params.max_new_tokens)
-            sampling = params.temperature > 0
-            if sampling:
+            if params.temperature > 0:
                 torch.manual_seed(params.seed + start)
+            finished = self._keeper(batch, encoded, inputs, saved)
             with torch.inference_mode():
-                output = self.model.generate(
-                    **inputs,
-                    max_new_tokens=params.max_new_tokens,
-                    do_sample=sampling,
-                    temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None,
-                    top_k=None,
-                    repetition_penalty=params.repetition_penalty,
-                    eos_token_id=self.stop_ids,
-                    pad_token_id=self.tokenizer.pad_token_id,
+                new_tokens = run(
+                    self.model, inputs, params, self.stop_ids, self.tokenizer.pad_token_id, on_finished=finished
                 )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-            if self.row_cache and "cache" in inputs and len(saved) < ROW_CACHE_BATCHES * self.batch_size:
-                from cai_kit.engines.shared_prefix import save_rows
-
-                shared = len(self._prefix_key or [])
-                full = [encoded[i] + tokens for i, tokens in zip(batch, new_tokens)]
-                saved += save_rows(inputs["cache"], full, shared, inputs["attention_mask"][:, shared:])
             for index, tokens in zip(batch, new_tokens):
                 stop_at = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
                 kept = tokens if stop_at is None else tokens[:stop_at]
@@ -243,6 +250,25 @@ class TransformersEngine:
         self._saved = saved
         self.generated_tokens += produced
         return [r for r in results if r is not None]
+
+    def plain_generate(self, conversations: list[Conversation], params: GenParams, batch_size: int) -> list[list[int]]:
+        """Replies (token ids before the stop token) from plain `model.generate` on left-padded batches,
+        with none of this engine's caches or its decode loop: the baseline that the throughput benchmark
+        and the tests compare `generate` against."""
+        import torch
+
+        from cai_kit.engines.decode import generate_whole_batch
+
+        replies = []
+        for start in range(0, len(conversations), batch_size):
+            texts = [self.render(c) for c in conversations[start : start + batch_size]]
+            inputs = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                rows = generate_whole_batch(
+                    self.model, dict(inputs.to(self.device)), params, self.stop_ids, self.tokenizer.pad_token_id
+                )
+            replies += [row[:-1] if row and row[-1] in self.stop_ids else row for row in rows]
+        return replies
 
     def logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[float]:
         """Sum of log-probs of each continuation after its rendered conversation.
