@@ -78,8 +78,8 @@ def decode(
         else:
             chosen = scores.argmax(dim=-1)
         chosen = chosen.masked_fill(finished, pad_id)
-        for place, token in enumerate(chosen.tolist()):
-            if not finished[place]:
+        for place, (token, done) in enumerate(zip(chosen.tolist(), finished.tolist())):
+            if not done:
                 out[live[place]].append(token)
         finished |= torch.isin(chosen, stops)
         last = step == params.max_new_tokens - 1 or bool(finished.all())
