@@ -20,7 +20,6 @@ With `processes > 1` the training stages run under `accelerate launch`, each pro
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import shlex
@@ -32,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from cai_kit.data_mix import Source, describe, mix, write_jsonl
 from cai_kit.errors import UsageError
 from cai_kit.recipe import STAGES, Recipe, dump_recipe, load_recipe, trl_config
+from cai_kit.train_callbacks import RankRecord, TrimMemory
 
 MARKER = ".complete"
 LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
@@ -294,44 +292,6 @@ def merge_adapter(base: str, adapter: Path, target: Path, dtype: Any, trust_remo
     AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code).save_pretrained(staged)
     shutil.rmtree(target, ignore_errors=True)
     staged.rename(target)
-
-
-class RankRecord(TrainerCallback):
-    """Each process writes ranks/rank-<i>.json at the end of training: proof it took part."""
-
-    def __init__(self, folder: Path, stage: str):
-        self.folder, self.stage, self.steps = folder, stage, 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.steps += 1
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        record = {"rank": args.process_index, "world_size": args.world_size, "steps_here": self.steps,
-                  "global_step": state.global_step}
-        (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(record) + "\n")
-        if args.world_size > 1:
-            log(f"{self.stage}: rank {args.process_index}/{args.world_size} ran {self.steps} steps")
-
-
-class TrimMemory(TrainerCallback):
-    """Hands freed heap memory back to the OS after every step (glibc's `malloc_trim`; elsewhere a no-op).
-
-    Padding-free batches have a new shape every step, and on a CPU glibc keeps the freed blocks of
-    each: the SFT stage's RSS grew ~65 MB a step here, from 2.8 to 4.8 GB over 62 steps, and the
-    stages after it started from there (README, "Measured figures")."""
-
-    def __init__(self):
-        self.trim = None
-        if sys.platform.startswith("linux"):
-            try:
-                self.trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
-                pass
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.trim is not None:
-            self.trim(0)
 
 
 def launch(recipe: Recipe, stage: str) -> None:
