@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from cai_kit.errors import UsageError
 
@@ -78,7 +79,7 @@ def format_key_path(key_path: KeyPath) -> str:
     return text or "(top level)"
 
 
-def _suggestion(error: dict[str, Any], schema: type[BaseModel]) -> str:
+def _suggestion(error: ErrorDetails, schema: type[BaseModel]) -> str:
     """For an unknown key, name the closest allowed key ("did you mean ...")."""
     if error["type"] != "extra_forbidden":
         return ""

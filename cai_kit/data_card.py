@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from cai_kit.eval_report import markdown_table
@@ -82,7 +83,9 @@ def principle_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     return header, cells
 
 
-def write_card(folder: RunFolder, constitution, options, rows: list[dict[str, Any]], notes: list[str] = ()) -> None:
+def write_card(
+    folder: RunFolder, constitution, options, rows: list[dict[str, Any]], notes: Sequence[str] = ()
+) -> None:
     statuses = Counter(row["status"] for row in rows)
     kept = statuses.pop("ok", 0)
     models = contributors(options, rows)

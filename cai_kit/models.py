@@ -102,7 +102,7 @@ def _convert_default(target: Path) -> None:
         # already dequantized, so the marker is dropped before saving a plain folder.
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as set
         model.config.name_or_path = DEFAULT_MODEL_NAME
         staged = work / "model"
         model.save_pretrained(staged, safe_serialization=True)
@@ -188,7 +188,7 @@ def load_model(
     except ValueError as err:
         raise UsageError(f"model {spec!r}: could not be loaded: {str(err).splitlines()[0][:300]}") from None
     if device:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # a device string is what .to takes
     model.eval()
     if chat_template:
         tokenizer.chat_template = load_chat_template(chat_template)

@@ -106,7 +106,8 @@ def contrast_pairs(
         ]
         wants = False if is_helping(principle) else True if principle.opening else None
         scores = [candidate_score(text, reason, wants, rejected, principle.opening) for text, reason, _ in finished]
-        best = max(range(len(finished)), key=lambda i: -9.0 if scores[i] is None else scores[i])
+        ranks = [-9.0 if score is None else score for score in scores]  # a failed candidate ranks last
+        best = max(range(len(finished)), key=ranks.__getitem__)
         final, reason, raw_reason = finished[best]
         extra = {"best_of": {"candidates": n, "passed": sum(s is not None for s in scores)}} if n > 1 else {}
         if "error" in (raw_reason, away.finish_reason):

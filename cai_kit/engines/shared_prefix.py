@@ -15,7 +15,7 @@ returns. Ordinary tensors fall through to transformers' SDPA attention unchanged
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from transformers import AttentionInterface
@@ -70,12 +70,18 @@ def _grow(buffer: torch.Tensor, room: int) -> torch.Tensor:
     return grown
 
 
+def _layers(cache: Cache) -> list[Any]:
+    """The cache's layers, typed loosely: transformers types them as a union of layer kinds without
+    the key/value attributes (or our own buffers) that full-attention layers have."""
+    return list(cache.layers)
+
+
 def shared_prefix_cache(
     prefix: Cache, batch: int, room: int, own: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 ) -> Cache:
     """A cache for `batch` rows that all start with `prefix` (a batch-1 cache), with room for `room` tokens
     each; `own` (per layer, keys and values [batch, heads, C, dim]) fills each row's first C own tokens."""
-    layers = [SharedPrefixLayer(layer.keys, layer.values, batch, room) for layer in prefix.layers]
+    layers: list[Any] = [SharedPrefixLayer(layer.keys, layer.values, batch, room) for layer in _layers(prefix)]
     for layer, (keys, values) in zip(layers, own or []):
         layer.own_keys[:, :, : keys.shape[2]] = keys
         layer.own_values[:, :, : keys.shape[2]] = values
@@ -105,7 +111,7 @@ def save_rows(
         given = own_mask.nonzero()[:, 0]
         fed = len(tokens) - prefix_len - len(given) - 1
         cols = torch.cat([given, torch.arange(len(own_mask), len(own_mask) + fed)])
-        kv = [(layer.own_keys[place][:, cols], layer.own_values[place][:, cols]) for layer in cache.layers]
+        kv = [(layer.own_keys[place][:, cols], layer.own_values[place][:, cols]) for layer in _layers(cache)]
         saved.append(SavedRow(tokens[: prefix_len + len(cols)], prefix_len, kv))
     return saved
 

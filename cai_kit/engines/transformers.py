@@ -11,6 +11,7 @@ import copy
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cai_kit.engines import Completion, Conversation, GenParams
 
@@ -91,12 +92,12 @@ class TransformersEngine:
 
             self.model.set_attn_implementation(ATTENTION)
         self._prefix_key: list[int] | None = None
-        self._prefix_kv = None
+        self._prefix_kv: Any = None  # the shared prefix's batch-1 cache
         # Each row's KV from the last generate call, reused by rows of the next call that extend it (a
         # revision extends its critique's conversation); shared-prefix path only, at most ROW_CACHE_BATCHES
         # batches of rows kept.
         self.row_cache = row_cache and self.shared_prefix
-        self._saved: list = []
+        self._saved: list[Any] = []
         # Finished rows leave the batch (engines/decode.py); false decodes with model.generate.
         self.early_exit = early_exit
         self.tokenizer.padding_side = "left"
@@ -184,7 +185,7 @@ class TransformersEngine:
             _, heads, _, dim = layer.keys.shape
             keys, values = (layer.keys.new_zeros(len(rows), heads, known, dim) for _ in range(2))
             for k, ((entry, _), c) in enumerate(zip(found, cached)):
-                if c:
+                if c and entry is not None:
                     start = shared - entry.prefix_len
                     keys[k, :, known - c :] = entry.kv[index][0][:, start : start + c]
                     values[k, :, known - c :] = entry.kv[index][1][:, start : start + c]
@@ -225,7 +226,8 @@ class TransformersEngine:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        started, produced, saved = time.perf_counter(), 0, []
+        saved: list[Any] = []
+        started, produced = time.perf_counter(), 0
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             inputs = self._batch_inputs([encoded[i] for i in batch], params.max_new_tokens)

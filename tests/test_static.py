@@ -1,0 +1,28 @@
+"""The linter and the type checker pass on the package, so CI fails on a new lint or type error."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_passes():
+    if shutil.which("ruff") is None:
+        pytest.fail("ruff is not installed: pip install -e '.[dev]'")
+    result = _run("ruff", "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_passes():
+    result = _run(sys.executable, "-m", "mypy", "cai_kit")
+    assert result.returncode == 0, result.stdout + result.stderr
