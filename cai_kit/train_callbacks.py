@@ -25,8 +25,9 @@ class RankRecord(TrainerCallback):
                   "global_step": state.global_step}
         (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(record) + "\n")
         if args.world_size > 1:
-            message = f"{self.stage}: rank {args.process_index}/{args.world_size} ran {self.steps} steps"
-            print(f"cai train: {message}", file=sys.stderr, flush=True)
+            from cai_kit.train import log  # here, not at the top: train imports this module
+
+            log(f"{self.stage}: rank {args.process_index}/{args.world_size} ran {self.steps} steps")
 
 
 class TrimMemory(TrainerCallback):
