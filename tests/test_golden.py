@@ -1,0 +1,81 @@
+"""Golden run: `cai train recipes/tiny.yaml` (generate -> SFT -> DPO -> eval) on the tiny random model with
+a fixed seed, every row of every JSONL file it writes compared with a stored copy.
+
+It pins behaviour across refactors: a change that alters what any stage writes (ids, prompts, answers,
+critiques, revisions, the training mix, eval verdicts) fails here. The stored copy,
+`tests/data/golden_tiny.json`, was written by this test with `CAI_KIT_UPDATE_GOLDEN=1`.
+
+Float results differ between CPU kernels (AVX2 against AVX-512, fp32 against bf16), and with them a
+random model's sampled tokens. The copy records the CPU capability it was made on; on another CPU the
+test still compares every file, id, key and prompt, and compares model-written text only on a CPU
+of the same capability.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cai_kit.recipe import load_recipe
+from cai_kit.train import run_train
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "data" / "golden_tiny.json"
+# Values that name the machine or the moment rather than the behaviour.
+VOLATILE = {"fingerprint", "path", "model"}
+# Model-written text: compared only on a CPU of the capability the copy was made on.
+MODEL_TEXT = {"initial", "final", "critique", "revision", "answer", "content", "verdict", "phrase", "finish_reason"}
+MODEL_TEXT |= {"tokens", "status", "score", "pairwise", "judge_yes"}
+
+
+def _scrub(value: Any, out: str, text: bool) -> Any:
+    """The value with the run folder's path replaced, volatile keys dropped, and model text blanked unless `text`."""
+    if isinstance(value, dict):
+        return {
+            key: ("<text>" if key in MODEL_TEXT and not text and not isinstance(item, (dict, list)) else
+                  _scrub(item, out, text))
+            for key, item in value.items()
+            if key not in VOLATILE
+        }
+    if isinstance(value, list):
+        return [_scrub(item, out, text) for item in value]
+    if isinstance(value, str):
+        return value.replace(out, "<out>")
+    return value
+
+
+def _rows(folder: Path, text: bool) -> dict[str, list[Any]]:
+    files = sorted(p for p in folder.rglob("*.jsonl") if "checkpoint" not in str(p))
+    return {
+        str(path.relative_to(folder)): [
+            _scrub(json.loads(line), str(folder), text) for line in path.read_text(encoding="utf-8").splitlines()
+        ]
+        for path in files
+    }
+
+
+def test_tiny_recipe_writes_the_stored_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    run_train(load_recipe(REPO / "recipes" / "tiny.yaml", [f"output_dir={out}"]))
+    capability = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get("CAI_KIT_UPDATE_GOLDEN"):
+        GOLDEN.write_text(
+            json.dumps({"cpu_capability": capability, "files": _rows(out, True)}, indent=1, sort_keys=True) + "\n",
+            encoding="utf-8",
+        )
+    stored = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    same_cpu = stored["cpu_capability"] == capability
+    expected = stored["files"] if same_cpu else _scrub(stored["files"], "", False)
+    actual = _rows(out, same_cpu)
+    assert sorted(actual) == sorted(expected), "the run wrote other JSONL files"
+    for name in expected:
+        assert len(actual[name]) == len(expected[name]), f"{name}: row count changed"
+        for index, (got, want) in enumerate(zip(actual[name], expected[name])):
+            assert got == want, f"{name} row {index} changed"
