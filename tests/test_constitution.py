@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from cai_kit.cli import main
-from cai_kit.constitution import Constitution, Example, Principle, load_constitution
-from cai_kit.errors import UsageError
+from cai_kit.core.constitution import Constitution, Example, Principle, load_constitution
+from cai_kit.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "constitutions").glob("*.yaml"))
@@ -281,8 +281,8 @@ def test_examples_for_prefers_own_then_general_then_others():
 
 
 def test_duplicate_keys_and_binary_files_are_one_line_each(tmp_path):
-    from cai_kit.config_file import read_yaml
-    from cai_kit.errors import UsageError
+    from cai_kit.core.config_file import read_yaml
+    from cai_kit.core.errors import UsageError
 
     path = tmp_path / "dup.yaml"
     path.write_text(

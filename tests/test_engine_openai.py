@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import GenParams, load_engine
-from cai_kit.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSFORMERS_CLI = Path(sys.executable).parent / "transformers"

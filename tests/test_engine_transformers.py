@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import GenParams, load_engine
-from cai_kit.errors import UsageError
 
 FEW_SHOT = [
     {"role": "user", "content": "an example question " * 12},

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import GenParams, engine_problems, load_engine, resolve_engine_name
 from cai_kit.engines.vllm import check_options, continuation_logprob, llm_kwargs, sampling_kwargs
-from cai_kit.errors import UsageError
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -108,7 +108,7 @@ def test_vllm_generates_continues_prefills_and_scores(tiny_model_path):
 def test_recipe_engines_and_options_are_checked_at_validate(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from cai_kit.recipe import load_recipe
+    from cai_kit.training.recipe import load_recipe
 
     repo = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(repo)

@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from cai_kit.cli import main
+from cai_kit.core.errors import UsageError
+from cai_kit.core.stats import wilson
 from cai_kit.engines import Completion
-from cai_kit.errors import UsageError
-from cai_kit.eval_judge import judge_pairwise
-from cai_kit.evaluate import EvalOptions, make_options, parse_prompt_overrides, run_eval, select_prompts
-from cai_kit.stats import wilson
+from cai_kit.evaluation.eval_judge import judge_pairwise
+from cai_kit.evaluation.evaluate import run_eval, select_prompts
+from cai_kit.evaluation.options import EvalOptions, make_options, parse_prompt_overrides
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -239,6 +240,6 @@ def test_default_model_harm_and_over_refusal(default_model_path, tmp_path):
 
 
 def test_default_suites_are_all_three():
-    from cai_kit.evaluate import SUITES, EvalOptions
+    from cai_kit.evaluation.options import SUITES, EvalOptions
 
     assert EvalOptions().suites == SUITES

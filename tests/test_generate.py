@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from cai_kit.cli import main
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, GenParams
-from cai_kit.errors import UsageError
-from cai_kit.generate import GenerateOptions, run_generate
+from cai_kit.generation.generate import run_generate
+from cai_kit.generation.options import GenerateOptions
 
 CONSTITUTION = """\
 name: test
@@ -246,8 +247,8 @@ class SteeredEngine:
 
 
 def test_contrast_pairs_are_steered_both_ways_and_the_steering_never_reaches_the_data(setup):
-    from cai_kit.constitution import load_constitution
-    from cai_kit.pairs import REFUSAL_OPENINGS, refusal_opening
+    from cai_kit.core.constitution import load_constitution
+    from cai_kit.generation.pairs import REFUSAL_OPENINGS, refusal_opening
 
     engine = SteeredEngine()
     out = run_generate(options(setup, pairs=["contrast"]), engine=engine)
@@ -555,7 +556,9 @@ def test_judge_pairs_too_close_to_call_are_dropped(setup):
 def test_a_named_judge_model_is_loaded_and_asked(setup, monkeypatch):
     judge = JudgedEngine()
     loaded = []
-    monkeypatch.setattr("cai_kit.generate.load_engine", lambda name, model, **kw: loaded.append(model) or judge)
+    monkeypatch.setattr(
+        "cai_kit.generation.generate.load_engine", lambda name, model, **kw: loaded.append(model) or judge
+    )
 
     class Writer(JudgedEngine):
         def logprobs(self, conversations, continuations):
@@ -628,7 +631,7 @@ def test_a_failed_judge_falls_back_and_the_card_says_so(setup, monkeypatch, tmp_
 def test_a_judge_that_passes_its_check_labels_the_pairs(setup, monkeypatch, tmp_path):
     monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))
 
-    from cai_kit.judge_check import load_check_set
+    from cai_kit.judging.judge_check import load_check_set
 
     known = {p.better: p.worse for p in load_check_set()}
 

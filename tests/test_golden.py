@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
-from cai_kit.recipe import load_recipe
-from cai_kit.train import run_train
+from cai_kit.training.recipe import load_recipe
+from cai_kit.training.train import run_train
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "data" / "golden_tiny.json"

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from cai_kit.cli import main
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion
-from cai_kit.errors import UsageError
-from cai_kit.judge import VERDICT, first_position_bias, judge_pairs
-from cai_kit.judge_check import CHECK_SET, FIELDS, KINDS, CheckPair, check_judge, load_check_set, select_pairs
+from cai_kit.judging.judge import VERDICT, first_position_bias, judge_pairs
+from cai_kit.judging.judge_check import CHECK_SET, FIELDS, KINDS, CheckPair, check_judge, load_check_set, select_pairs
 
 
 def sigmoid(x: float) -> float:

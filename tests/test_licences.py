@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cai_kit import licence_guard
 from cai_kit.cli import main
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion
-from cai_kit.errors import UsageError
-from cai_kit.generate import GenerateOptions, run_generate
-from cai_kit.licence_guard import Producer, check_outputs, guard, parse_overrides, verdict
-from cai_kit.licences import TERMS, normalise, notices, resolve_licence
+from cai_kit.generation.generate import run_generate
+from cai_kit.generation.options import GenerateOptions
+from cai_kit.licensing import licence_guard
+from cai_kit.licensing.licence_guard import Producer, check_outputs, guard, parse_overrides, verdict
+from cai_kit.licensing.licences import TERMS, normalise, notices, resolve_licence
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = """\
@@ -220,10 +221,9 @@ def test_generate_stops_before_any_work_when_a_critic_forbids_it(generate_setup,
     # A separate critic is not an option yet; model_roles is where it will come from.
     constitution, prompts, out = generate_setup
     llama = licensed("llama", "llama2")
-    monkeypatch.setattr(
-        "cai_kit.generate.model_roles",
-        lambda options: {"writer": options.model, "critic": llama, "reviser": options.model},
-    )
+    roles = lambda options: {"writer": options.model, "critic": llama, "reviser": options.model}  # noqa: E731
+    for module in ("licensing.licence_guard", "generation.generate", "generation.rows", "generation.data_card"):
+        monkeypatch.setattr(f"cai_kit.{module}.model_roles", roles)
     options = GenerateOptions(constitution=str(constitution), prompts=[str(prompts)], out=str(out), batch_size=4)
     with pytest.raises(UsageError, match=r"section 1\.b\.v.*--accept-licence-risk"):
         run_generate(options, engine=NumberedEngine())
@@ -311,8 +311,8 @@ def test_train_stops_on_a_llama2_dataset_then_trains_with_the_override(tmp_path,
 def test_train_self_alignment_on_its_own_data_passes(tmp_path, licensed):
     llama = licensed("llama", "llama2")
     data = _dataset(tmp_path / "data", {"writer": llama, "critic": llama, "reviser": llama}, {llama: "llama2"})
-    from cai_kit.licence_guard import check_recipe
-    from cai_kit.recipe import load_recipe
+    from cai_kit.licensing.licence_guard import check_recipe
+    from cai_kit.training.recipe import load_recipe
 
     findings = check_recipe(load_recipe(_recipe(tmp_path, data, llama)))
     assert [f.level for f in findings] == ["allowed"] and "self-alignment" in findings[0].message
@@ -330,8 +330,8 @@ def test_train_warns_once_about_data_without_a_manifest(tmp_path, capsys):
     data.write_text(
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
     )
-    from cai_kit.licence_guard import check_recipe
-    from cai_kit.recipe import load_recipe
+    from cai_kit.licensing.licence_guard import check_recipe
+    from cai_kit.training.recipe import load_recipe
 
     recipe = load_recipe(_recipe(tmp_path, data, "tiny-random"))
     check_recipe(recipe)
@@ -340,7 +340,7 @@ def test_train_warns_once_about_data_without_a_manifest(tmp_path, capsys):
 
 
 def test_recipe_licence_keys_are_top_level_only(tmp_path):
-    from cai_kit.recipe import load_recipe
+    from cai_kit.training.recipe import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text("generate:\n  - constitution: constitutions/harmless.yaml\n    accept_licence_risk: true\n")

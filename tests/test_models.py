@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cai_kit import models
-from cai_kit.errors import UsageError
-from cai_kit.tiny_model import build_tiny_model
+from cai_kit.core import models
+from cai_kit.core.errors import UsageError
+from cai_kit.core.tiny_model import build_tiny_model
+from cai_kit.licensing.licences import resolve_licence
 
 
 def test_tiny_model_loads_and_chats(tiny_model_path):
@@ -20,7 +21,7 @@ def test_tiny_model_loads_and_chats(tiny_model_path):
     )
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
-    assert models.model_licence(tiny_model_path) == "apache-2.0"
+    assert resolve_licence(tiny_model_path)[0] == "apache-2.0"
 
 
 def _build(target: str) -> str:
@@ -107,4 +108,4 @@ def test_default_model_converts_once_then_loads_from_cache(default_model_path, m
     out = model.generate(**chat, max_new_tokens=16, do_sample=False)
     reply = tokenizer.decode(out[0, chat["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply
-    assert models.model_licence("default") == "apache-2.0"
+    assert resolve_licence("default")[0] == "apache-2.0"

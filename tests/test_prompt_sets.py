@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cai_kit.errors import UsageError
-from cai_kit.prompt_sets import REPO, SHIPPED, PromptRow, load_many, load_prompts
+from cai_kit.core.errors import UsageError
+from cai_kit.core.prompt_sets import SHIPPED, PromptRow, load_many, load_prompts
+
+REPO = Path(__file__).resolve().parent.parent
 
 MIN_ROWS = {
     "red_team": 300,

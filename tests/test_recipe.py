@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cai_kit.cli import main
-from cai_kit.errors import UsageError
-from cai_kit.recipe import load_recipe, parse_stages, trl_config
+from cai_kit.core.errors import UsageError
+from cai_kit.training.recipe import load_recipe, parse_stages, trl_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
@@ -79,7 +79,8 @@ def test_broken_recipe_gives_one_line_per_problem(tmp_path):
     assert any(line.startswith(f"error: {path}:3: processes: ") for line in lines)
     assert f"error: {path}:9: sft.trl.max_seq_length: not an option of trl.SFTConfig (renamed: use 'max_length')" \
         in lines
-    assert len(lines) == 3  # the missing file shows once the schema errors are fixed
+    assert f"error: {path}:6: data.sft[0].path: file not found: no/such/file.jsonl" in lines
+    assert len(lines) == 4  # every problem at once: the schema's, TRL's and the missing file
 
 
 def test_missing_data_file_and_bad_trl_values(tmp_path):
@@ -117,7 +118,7 @@ def test_set_overrides(tmp_path):
     recipe = load_recipe(path, ["seed=7", "sft.trl.num_train_epochs=2", "generate.0.limit=3",
                                 "dpo.lora.r=4", "eval={limit: 2}", f"output_dir={tmp_path / 'out'}"])
     assert recipe.seed == 7 and recipe.generate[0].limit == 3 and recipe.dpo.lora.r == 4
-    assert recipe.eval == {"limit": 2}
+    assert recipe.eval is not None and recipe.eval.model_dump(exclude_unset=True) == {"limit": 2}
     assert trl_config(recipe, "sft").num_train_epochs == 2
     assert trl_config(recipe, "sft").output_dir == str(tmp_path / "out" / "sft" / "checkpoints")
 

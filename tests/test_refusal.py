@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_kit.refusal import WINDOW, classify, is_refusal
+from cai_kit.evaluation.refusal import WINDOW, classify, is_refusal
 
 LABELLED = Path(__file__).parent / "data" / "refusal_labelled.jsonl"
 

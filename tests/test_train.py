@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from cai_kit.cli import main
-from cai_kit.data_mix import Source, mix
-from cai_kit.recipe import load_recipe
-from cai_kit.train import run_train
+from cai_kit.training.data_mix import Source, mix
+from cai_kit.training.recipe import load_recipe
+from cai_kit.training.train import run_train
 
 REPO = Path(__file__).resolve().parent.parent
 TRL = (
@@ -302,7 +302,7 @@ def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_mode
 
 
 def test_sft_weight_zero_keeps_a_runs_answers_out_of_sft_but_not_out_of_dpo(tmp_path):
-    from cai_kit.train import prepare_data
+    from cai_kit.training.train import prepare_data
 
     shipped = Path(__file__).resolve().parent.parent / "constitutions"
     recipe_path = tmp_path / "r.yaml"

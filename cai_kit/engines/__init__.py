@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cai_kit.errors import UsageError
+from cai_kit.core.errors import UsageError
 
 Message = dict[str, str]
 Conversation = list[Message]

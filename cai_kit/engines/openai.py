@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.errors import UsageError
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 # vllm's (and SGLang's) additions to the chat API. Servers that keep to OpenAI's schema strictly
@@ -333,7 +333,7 @@ class OpenAIEngine:
             if self._tokenizer is None:
                 from transformers import AutoTokenizer
 
-                from cai_kit.models import resolve_model
+                from cai_kit.core.models import resolve_model
 
                 source = self.tokenizer_source or self.model_name
                 try:

@@ -70,7 +70,7 @@ class TransformersEngine:
     ):
         import torch
 
-        from cai_kit.models import load_model
+        from cai_kit.core.models import load_model
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_model(

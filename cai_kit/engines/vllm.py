@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.errors import UsageError
 
 
 def check_options(tensor_parallel_size: Any, gpu_memory_utilization: Any, max_model_len: Any) -> list[str]:
@@ -106,7 +106,7 @@ class VLLMEngine:
 
         if not torch.cuda.is_available():
             raise UsageError("engine 'vllm' needs a CUDA GPU and none is visible; use --engine transformers or openai")
-        from cai_kit.models import resolve_model
+        from cai_kit.core.models import resolve_model
 
         self._vllm = vllm
         self.llm = vllm.LLM(
@@ -124,7 +124,7 @@ class VLLMEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         if chat_template:
-            from cai_kit.models import load_chat_template
+            from cai_kit.core.models import load_chat_template
 
             self.tokenizer.chat_template = load_chat_template(chat_template)
         self.chat_template = self.tokenizer.chat_template  # passed to LLM.chat, which takes one per call

@@ -1,0 +1,92 @@
+"""`cai try`: one prompt through the critique/revision loop, printed for a person to read.
+
+The fast way to tune a principle: edit its text, run one prompt through it with `--principle`, read
+the critique and the revision, repeat. It runs the same `critique_and_revise` as `cai generate`, and
+says whether `cai generate`'s filters would keep the result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from typing import Any
+
+import click
+from pydantic import PrivateAttr
+
+from cai_kit.core.constitution import Constitution, Principle, load_constitution
+from cai_kit.core.prompt_sets import PromptRow
+from cai_kit.engines import load_engine
+from cai_kit.generation.filters import row_status
+from cai_kit.generation.loop import critique_and_revise
+from cai_kit.generation.options import FILTERS, HELPING_TAGS, GenerateOptions
+
+
+class _Pinned(Constitution):
+    """The constitution with every critique/revision step given one principle (`--principle`)."""
+
+    _pinned: str = PrivateAttr(default="")
+
+    def principle_for(self, prompt_id: str, round_index: int, seed: int, category: str = "") -> Principle:
+        return self.get(self._pinned)
+
+
+def pin(constitution: Constitution, name: str) -> Constitution:
+    """A copy of `constitution` that always picks principle `name`; UsageError listing the names if none."""
+    constitution.get(name)  # an unknown name fails here, before any model loads
+    pinned = _Pinned.model_validate(constitution.model_dump())
+    pinned._pinned, pinned._path, pinned._sha256 = name, constitution.path, constitution.sha256
+    return pinned
+
+
+def try_prompt(
+    options: GenerateOptions, prompt: str, principle: str | None = None, category: str = ""
+) -> dict[str, Any]:
+    """Run one prompt through `options.rounds` critique/revision rounds; return the row with its filter `status`."""
+    constitution = load_constitution(options.constitution)
+    if principle:
+        constitution = pin(constitution, principle)
+    print(f"cai try: loading {options.model} ...", file=sys.stderr)
+    engine = load_engine(
+        options.engine,
+        options.model,
+        batch_size=1,
+        trust_remote_code=options.trust_remote_code,
+        **options.engine_options,
+    )
+    try:
+        row = critique_and_revise(engine, constitution, [PromptRow("try", prompt, category, "cai try")], options)[0]
+    finally:
+        engine.close()
+    last = constitution.get(row["steps"][-1]["principle"])
+    helping = bool(HELPING_TAGS & set(last.tags))
+    row["status"] = row_status(row["final"], row["initial"], row["finish_reason"], helping, FILTERS, set())
+    row["pinned"] = bool(principle)
+    return row
+
+
+def _block(title: str, text: str, width: int, colour: str) -> list[str]:
+    lines = [click.style(title, fg=colour, bold=True)]
+    for paragraph in (text.strip() or "(empty)").splitlines() or [""]:
+        lines += textwrap.wrap(paragraph, width=width, initial_indent="  ", subsequent_indent="  ") or [""]
+    return lines + [""]
+
+
+def format_trace(row: dict[str, Any], width: int | None = None) -> str:
+    """The prompt, the first answer, then per round the principle, its critique and the revision."""
+    width = width or min(shutil.get_terminal_size((100, 24)).columns, 120)
+    lines = _block("PROMPT", row["prompt"], width, "white") + _block("INITIAL ANSWER", row["initial"], width, "blue")
+    how = "forced with --principle" if row.get("pinned") else "sampled by weight"
+    for number, step in enumerate(row["steps"], start=1):
+        title = textwrap.wrap(f"-- round {number}: principle '{step['principle']}' ({how})", width=width)
+        title[-1] = f"{title[-1]} ".ljust(width, "-")[: max(width, len(title[-1]))]
+        lines += [click.style(line, fg="magenta", bold=True) for line in title] + [""]
+        lines += _block("CRITIQUE", step["critique"], width, "yellow")
+        lines += _block("REVISION", step["revision"], width, "green")
+    if row["status"] == "ok":
+        verdict = click.style("kept", fg="green", bold=True)
+    else:
+        verdict = click.style(f"filtered ({row['status']})", fg="red", bold=True)
+    lines += [f"cai generate filters: {verdict}", f"finish reason: {row['finish_reason']}"]
+    return "\n".join(lines)

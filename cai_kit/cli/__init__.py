@@ -1,0 +1,35 @@
+"""The `cai` command line: thin wrappers that parse, call one library function, and print.
+
+One module per group of commands: generate, eval, judge (judge-check), train (train, licence), files
+(validate, ls, cp, env) and authoring (constitution, schema, try, diff, view).
+"""
+
+from __future__ import annotations
+
+import click
+
+from cai_kit.cli import authoring, files, generate, judge, train
+from cai_kit.cli import eval as eval_commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="cai-kit")
+def main() -> None:
+    """cai-kit: an open model critiques, revises and judges its own answers, then trains on them.
+
+    \b
+    Quickstart (CPU, embedded SmolLM2-135M-Instruct, no flags needed):
+      cai generate --constitution constitutions/harmless.yaml
+      cai train recipes/zephyr_cai.yaml
+    \b
+    Edit constitutions:   cai ls; cai cp harmless my.yaml; cai validate my.yaml
+    """
+
+
+for module in (generate, eval_commands, judge, train, files, authoring):
+    for command in module.COMMANDS:
+        main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

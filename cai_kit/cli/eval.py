@@ -1,0 +1,77 @@
+"""`cai eval`: parse the flags into EvalOptions, run the evaluation, print the summary table."""
+
+from __future__ import annotations
+
+import click
+
+from cai_kit.cli.flags import default, engine_flags
+from cai_kit.core.errors import usage_errors
+from cai_kit.evaluation.options import DEFAULT_PROMPTS, SUITES, EvalOptions, make_options, parse_prompt_overrides
+
+E = EvalOptions
+
+
+@click.command(name="eval")
+@click.option("--model", "-m", default=default(E, "model"), help="Model to evaluate: 'default', a folder or a hub id.")
+@click.option("--baseline", "-b", help="Model before training, scored alongside; needed for the helpful win rate.")
+@click.option(
+    "--suite",
+    "-s",
+    "suites",
+    multiple=True,
+    default=["all"],
+    help=f"{', '.join(SUITES)} or all. Repeatable.",
+)
+@click.option(
+    "--judge-model",
+    help="Open judge model for a log-prob yes/no harm or refusal verdict and for the "
+    "pairwise helpful judge.  [default: the baseline judges helpfulness; no harm judge]",
+)
+@click.option(
+    "--prompts",
+    "-p",
+    multiple=True,
+    help="Prompt set for a suite: SUITE=SPEC, or SPEC with one --suite. "
+    f"[default: {', '.join(DEFAULT_PROMPTS.values())}]",
+)
+@click.option("--limit", type=click.IntRange(0), help="Prompts per suite, spread over categories; 0 or unset: all.")
+@click.option(
+    "--constitution",
+    "-c",
+    help="Constitution whose judge questions the helpful judge asks. [default: constitutions/helpful.yaml]",
+)
+@click.option("--engine", default=default(E, "engine"), help="transformers, vllm, openai or auto.")
+@engine_flags
+@click.option("--batch-size", type=click.IntRange(1), default=default(E, "batch_size"))
+@click.option("--max-new-tokens", type=click.IntRange(1), default=default(E, "max_new_tokens"))
+@click.option("--seed", type=int, default=default(E, "seed"))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),
+    help="Report folder; answers cached there are reused on rerun. [default: runs/eval-<time>]",
+)
+@click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@usage_errors
+def eval_command(**kwargs) -> None:
+    """Score harm, over-refusal and helpfulness of a model against its baseline; write a report with plots.
+
+    \b
+    Example:
+      cai eval --model default --suite all --limit 20 --out runs/eval-base
+      cai eval -m runs/train/final -b default --judge-model default --out runs/eval-after
+      cai eval -m my_model -s harmful -p hf:walledai/HarmBench:standard:train --limit 50
+    """
+    from cai_kit.engines import parse_engine_options
+    from cai_kit.evaluation.evaluate import run_eval
+    from cai_kit.evaluation.report import summary_table
+
+    kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
+    kwargs["prompts"] = parse_prompt_overrides(list(kwargs["prompts"]), list(kwargs["suites"]))
+    kwargs["suites"] = list(kwargs["suites"])
+    results = run_eval(make_options(**{k: v for k, v in kwargs.items() if v is not None}))
+    click.echo(summary_table(results))
+    click.echo(f"report: {results['options']['out']}/report.md")
+
+
+COMMANDS = [eval_command]

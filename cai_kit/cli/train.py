@@ -1,0 +1,67 @@
+"""`cai train` (run a recipe's stages) and `cai licence` (what a model's licence lets its outputs train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cai_kit.cli.flags import licence_flags
+from cai_kit.core.errors import usage_errors
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe value (parsed as YAML); repeatable.",
+)
+@click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
+@licence_flags("the recipe model's")
+@usage_errors
+def train(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    stages: str | None,
+    model_licence: tuple[str, ...],
+    accept_licence_risk: bool,
+) -> None:
+    """Run a recipe: generate, SFT, DPO, eval; finished stages are skipped and trainers resume on rerun.
+
+    \b
+    Example:
+      cai train recipes/zephyr_cai.yaml
+      cai train recipes/tiny.yaml --set sft.trl.max_steps=4 --stages sft,dpo
+    """
+    from cai_kit.licensing.licence_guard import parse_overrides
+    from cai_kit.training.recipe import load_recipe, parse_stages
+    from cai_kit.training.train import run_train
+
+    loaded = load_recipe(recipe, overrides + (("accept_licence_risk=true",) if accept_licence_risk else ()))
+    loaded.model_licences.update(parse_overrides(model_licence, loaded.model))
+    click.echo(run_train(loaded, parse_stages(stages) if stages else None))
+
+
+@click.command(name="licence")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--target", "-t", help="A model to be trained on their outputs: print the guard's verdict for each.")
+@click.option("--model-licence", multiple=True, metavar="MODEL=ID", help="A model's licence where its card has none.")
+@usage_errors
+def licence(models: tuple[str, ...], target: str | None, model_licence: tuple[str, ...]) -> None:
+    """Print each model's licence (from its card, or an override) and what it lets its outputs train.
+
+    \b
+    Example:
+      cai licence default
+      cai licence ./llama-2-7b-chat --target default
+    """
+    from cai_kit.licensing.licence_guard import licence_report, parse_overrides
+
+    bare_for = models[0] if len(models) == 1 else None
+    click.echo(licence_report(list(models), target, parse_overrides(model_licence, bare_for)))
+
+
+COMMANDS = [train, licence]

@@ -1,0 +1,212 @@
+"""`cai generate`: load, loop, write. The stage runs each pair mode chunk by chunk (the critique/revision loop
+of Bai et al. 2022 in `loop.py`, contrast and judged pairs in `pairs.py`), resumable, with a data card.
+
+Rows are appended as soon as their chunk finishes, so a killed run loses at most one chunk, and a rerun on
+the same folder skips every finished id.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cai_kit.core.constitution import Constitution, load_constitution
+from cai_kit.core.errors import UsageError
+from cai_kit.core.prompt_sets import PromptRow, load_many
+from cai_kit.engines import Engine, load_engine
+from cai_kit.evaluation.refusal import is_refusal
+from cai_kit.generation import pairs
+from cai_kit.generation.filters import normalise, row_status
+from cai_kit.generation.loop import critique_and_revise
+from cai_kit.generation.options import FILTERS, PAIR_MODES, GenerateOptions, is_helping
+from cai_kit.generation.rows import row_id
+from cai_kit.generation.run_folder import RunFolder, push_folder
+from cai_kit.judging.gate import gate_judge
+from cai_kit.licensing.licence_guard import check_generate, model_roles
+from cai_kit.licensing.licences import licences_of
+
+
+def _engine(options: GenerateOptions, model: str) -> Engine:
+    return load_engine(
+        options.engine,
+        model,
+        batch_size=options.batch_size,
+        trust_remote_code=options.trust_remote_code,
+        **options.engine_options,
+    )
+
+
+def _judge_engine(options: GenerateOptions, engine: Engine) -> Engine:
+    """The engine that judges `--pairs judge`: the generating one unless --judge-model names another."""
+    if not options.judge_model or options.judge_model == options.model:
+        return engine
+    return _engine(options, options.judge_model)
+
+
+def gate_or_fall_back(
+    options: GenerateOptions, engine: Engine | None, constitution: Constitution
+) -> tuple[GenerateOptions, Engine | None, Engine | None, list[str]]:
+    """With `judge` among the pair modes, check the judge first: return (options, engine, judge, card
+    notes). A judge that fails stops the run, or with judge_fallback its mode is swapped for the fallback
+    (said on stderr and in the notes) and it is no longer a producer of the rows."""
+    if "judge" not in options.pairs:
+        return options, engine, None, []
+    engine = engine or _engine(options, options.model)
+    judge = _judge_engine(options, engine)
+    refused = None
+    if not options.trust_judge:
+        refused = gate_judge(
+            options.judge_model or options.model,
+            judge,
+            constitution.judge,
+            options.judge_min_accuracy,
+            options.judge_min_consistency,
+        )
+    if not refused:
+        return options, engine, judge, []
+    if not options.judge_fallback:
+        raise UsageError(
+            f"--pairs judge: {refused}; its labels would be noise. Use a bigger --judge-model, --pairs contrast, "
+            "--judge-fallback revision|contrast, or --trust-judge to use it anyway"
+        )
+    fallback = options.judge_fallback
+    print(f"cai generate: {refused}; making {fallback} pairs instead (judge_fallback)", file=sys.stderr)
+    modes = list(dict.fromkeys(fallback if mode == "judge" else mode for mode in options.pairs))
+    if judge is not engine:
+        judge.close()
+    note = f"Judge pairs were asked for, but {refused}; {fallback} pairs were made instead."
+    return options.model_copy(update={"pairs": modes}), engine, None, [note]
+
+
+def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
+    """ "ok" or why the row is filtered; `seen` holds the normalised finals kept so far (duplicates)."""
+    if row["finish_reason"] == "error":
+        return f"error: {row['final'] or row['initial']}"[:300]
+    if row.get("pair") == "judge":
+        status = row_status(row["final"], row["initial"], row["finish_reason"], False, options.filters, seen)
+        if status == "ok" and "low_margin" in options.filters and row["score"] - 0.5 < options.judge_margin:
+            return "low_margin"
+        return status
+    principle = constitution.get(row["steps"][-1]["principle"])  # the principle that shaped `final`
+    helping = is_helping(principle)
+    status = row_status(row["final"], row["initial"], row["finish_reason"], helping, options.filters, seen)
+    if status == "ok" and row.get("pair") == "contrast" and "no_contrast" in options.filters:
+        # A pair teaches something only when its two sides differ in the way the steering meant:
+        # a harm principle's chosen side refuses and its rejected side does not; a helping one's the reverse.
+        refuses, rejected_refuses = is_refusal(row["final"]), is_refusal(row["initial"])
+        meant = (not refuses and rejected_refuses) if helping else (refuses and not rejected_refuses)
+        if principle.opening or helping:
+            status = "ok" if meant else "no_contrast"
+    return status
+
+
+def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:
+    versions = {}
+    for package in ["cai-kit", "torch", "transformers", "trl", "vllm"]:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "command": "cai generate",
+        "options": options.model_dump(),
+        "constitution": constitution.name,
+        "constitution_path": str(options.constitution),
+        "constitution_sha256": constitution.sha256,
+        "model": options.model,
+        "models": model_roles(options),
+        "licences": licences_of(model_roles(options), options.model_licences),
+        "seed": options.seed,
+        "prompt_sources": options.prompts,
+        "prompts": len(prompts),
+        "versions": versions,
+        "argv": sys.argv,
+    }
+
+
+def default_out(constitution_path: str) -> str:
+    return str(Path("runs") / f"{Path(constitution_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def _check(options: GenerateOptions) -> None:
+    """One line per bad option, before anything loads."""
+    from cai_kit.engines import engine_problems
+
+    problems = engine_problems(options.engine, options.engine_options)
+    unknown = sorted(set(options.filters) - set(FILTERS))
+    if unknown:
+        problems.append(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
+    unknown = sorted(set(options.pairs) - set(PAIR_MODES))
+    if unknown:
+        problems.append(f"pairs: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(PAIR_MODES)}")
+    if options.judge_fallback not in (None, "revision", "contrast"):
+        problems.append(f"judge_fallback: {options.judge_fallback!r} is not revision or contrast")
+    if problems:
+        raise UsageError(problems)
+
+
+def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path:
+    """Run the loop and return the output folder. `engine` lets tests pass a scripted engine."""
+    from tqdm import tqdm
+
+    from cai_kit.generation.data_card import print_summary, write_card
+
+    check_generate(options)  # before any work: a forbidden licence combination stops here
+    _check(options)
+    constitution = load_constitution(options.constitution)
+    prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
+    # Before the folder is touched: a judge that fails its check stops the run here, or falls back.
+    options, engine, judge, notes = gate_or_fall_back(options, engine, constitution)
+    modes = list(dict.fromkeys(options.pairs))
+    folder = RunFolder(options.out or default_out(options.constitution))
+    rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
+    wanted = {row_id(row.id, mode) for row in prompts for mode in modes}
+    done = {row["id"] for row in rows}
+    pending = [(mode, [row for row in prompts if row_id(row.id, mode) not in done]) for mode in modes]
+    todo = sum(len(rows_of_mode) for _, rows_of_mode in pending)
+    limit_note = f" (limit {options.limit}; --limit 0 for all)" if options.limit else ""
+    print(
+        f"cai generate: {len(prompts)} prompts x {'+'.join(modes)} pairs{limit_note}, "
+        f"{len(wanted & done)} rows already done, {todo} to go -> {folder.path}",
+        file=sys.stderr,
+    )
+    started = time.perf_counter()
+    if todo:
+        if engine is None:
+            try:
+                engine = _engine(options, options.model)
+            except UsageError:  # a model or server that will not load: leave no empty run folder behind
+                folder.discard_if_rowless()
+                raise
+        seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
+        bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
+        for mode, mode_rows in pending:
+            for start in range(0, len(mode_rows), options.batch_size):
+                chunk = mode_rows[start : start + options.batch_size]
+                if mode == "judge":
+                    judge = judge or _judge_engine(options, engine)
+                    finished = pairs.judged_pairs(engine, constitution, chunk, options, judge)
+                elif mode == "contrast":
+                    finished = pairs.contrast_pairs(engine, constitution, chunk, options)
+                else:
+                    finished = critique_and_revise(engine, constitution, chunk, options)
+                for row in finished:
+                    row["status"] = _status(row, constitution, options, seen)
+                    if row["status"] == "ok":
+                        seen.add(normalise(row["final"]))
+                folder.append(finished)
+                rows += finished
+                bar.update(len(chunk))
+                tokens = getattr(engine, "generated_tokens", 0)
+                if tokens:
+                    bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        bar.close()
+    write_card(folder, constitution, options, rows, notes)
+    print_summary(folder, rows, time.perf_counter() - started)
+    if options.push_to_hub:
+        push_folder(folder.path, options.push_to_hub)
+    return folder.path

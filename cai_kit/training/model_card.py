@@ -1,0 +1,93 @@
+"""The model card (README.md) of a trained model folder: where the model came from and how it did.
+
+It names the base model and its licence, every constitution with its sha256 (from each generate
+run's manifest.json), the data counts of each stage, the recipe as run, and the final metrics, so
+a reader can tell what the model was trained to do and repeat it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cai_kit.training.recipe import Recipe
+
+SHOWN_METRICS = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_loss", "train_runtime"]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _eval_summary(results: dict[str, Any]) -> str:
+    try:
+        from cai_kit.evaluation.report import summary_table
+
+        return summary_table(results)
+    except (ImportError, KeyError, TypeError):
+        return "(see the eval report)"
+
+
+def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] | None = None) -> Path:
+    from cai_kit.core.models import DEFAULT_MODEL_NAME
+    from cai_kit.licensing.licence_guard import recipe_producers
+    from cai_kit.licensing.licences import contributors_markdown, licence_or_unknown
+
+    base = DEFAULT_MODEL_NAME if recipe.model == "default" else recipe.model
+    licence = licence_or_unknown(recipe.model, recipe.model_licences)
+    producers, unrecorded = recipe_producers(recipe)
+    out = recipe.out
+    lines = ["---", f"license: {licence}", f"base_model: {base}", "library_name: transformers",
+             "tags: [cai-kit, constitutional-ai, dpo, trl]", "---", "",
+             f"# {out.name}: {base} aligned to its own constitution", "",
+             f"Trained by cai-kit (`cai train`) from **{base}** (licence: {licence}). "
+             "The model answered prompts, critiqued and revised its own answers against the constitutions below, "
+             "was fine-tuned on its revisions (SFT), then trained with DPO on revision-over-first-answer pairs. "
+             "The models below wrote, critiqued, revised or judged its training data.", "",
+             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             f"model = AutoModelForCausalLM.from_pretrained({str(folder)!r})",
+             f"tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})", "```", "",
+             "## Constitutions", "", "| run | constitution | sha256 | prompts |", "| --- | --- | --- | --- |"]
+    for index, run in enumerate(recipe.generate):
+        manifest = _read_json(recipe.generate_dir(index) / "manifest.json") or {}
+        sources = ", ".join(map(str, manifest.get("prompt_sources", run.prompts)))
+        name = manifest.get("constitution", Path(run.constitution).stem)
+        sha256 = manifest.get("constitution_sha256", "not generated")
+        lines.append(f"| {index} | {name} (`{run.constitution}`) | `{sha256}` | {sources} |")
+    if not recipe.generate:
+        lines.append("| - | none: trained on data files only | | |")
+    lines += ["", "## Data", "", "| stage | source | rows | weight | train | test |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for stage in ("sft", "dpo"):
+        for count in _read_json(out / stage / "data" / "counts.json") or []:
+            lines.append(f"| {stage} | {count['source']} | {count['rows']} | {count['weight']:g} | {count['train']} "
+                         f"| {count['test']} |")
+    lines += ["", "## Models and licences", "", *contributors_markdown([("trained base model", recipe.model, licence),
+                                                                        *producers])]
+    lines += [f"- data file `{path}` has no cai-kit manifest: the models that wrote it are not recorded"
+              for path in unrecorded]
+    lines += ["", "## Metrics", "", "| stage | metric | value |", "| --- | --- | --- |"]
+    for stage in ("sft", "dpo"):
+        metrics = _read_json(out / stage / "metrics.json") or {}
+        merged = {**metrics.get("train", {}), **metrics.get("eval", {})}
+        lines += [f"| {stage} | {key} | {_number(merged[key])} |" for key in SHOWN_METRICS if key in merged]
+    if eval_results:
+        lines += ["", "## Evaluation against the base model", "", _eval_summary(eval_results), "",
+                  f"The full report: `{out / 'eval' / 'report.md'}`."]
+    if (folder / "training_curves.png").is_file():
+        lines += ["", "## Training curves", "", "![training curves](training_curves.png)",
+                  "", "Values: `training_curves.json`."]
+    recipe_text = (out / "recipe.yaml").read_text(encoding="utf-8") if (out / "recipe.yaml").is_file() else ""
+    lines += ["", "## Recipe", "", "```yaml", recipe_text.rstrip(), "```", "",
+              "## Limitations", "",
+              "A small model trained on its own critiques learns what its constitution rewards, including "
+              "its blind spots: over-trained CAI models turn evasive. Read the eval's over-refusal figures "
+              "next to the harm figures before using it.", ""]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

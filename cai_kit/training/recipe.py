@@ -1,0 +1,375 @@
+"""The recipe: one YAML file that names every stage of `cai train` (generate, sft, dpo, eval).
+
+We type only what cai-kit interprets. `sft.trl` and `dpo.trl` pass through to `trl.SFTConfig` and
+`trl.DPOConfig`, which are built here, when the recipe loads, so a bad or renamed TRL option (TRL
+renames often: `max_seq_length`, `warmup_ratio`, `max_prompt_length` all went) fails at
+`cai validate`, with its file and line, not an hour into a run.
+
+Relative paths in a recipe (constitutions, data files, output_dir, accelerate_config) are relative
+to the directory `cai` runs in, as they are for `cai generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+
+from cai_kit.core.config_file import KeyPath, format_key_path, line_of, read_yaml, validation_problems
+from cai_kit.core.errors import UsageError
+from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
+from cai_kit.evaluation.options import EvalSettings
+from cai_kit.generation.options import GenerateOptions
+
+Stage = Literal["generate", "sft", "dpo", "eval"]
+STAGES: tuple[Stage, ...] = ("generate", "sft", "dpo", "eval")
+# Keys of a generate run that the recipe sets itself: one model trains on its own data, and each run
+# writes under output_dir so a rerun finds it.
+RECIPE_OWNED = {"model": "set once, by the recipe's top-level 'model'",
+                "out": "set by the recipe (output_dir/generate/<index>-<constitution>)",
+                "model_licences": "set once, by the recipe's top-level 'model_licences'",
+                "accept_licence_risk": "set once, by the recipe's top-level 'accept_licence_risk'"}
+# TRL and transformers options that went away, with what replaced them; difflib cannot guess these.
+RENAMED = {
+    "max_seq_length": "'max_length'",
+    "max_prompt_length": "'max_length' (TRL no longer truncates prompts separately)",
+    "warmup_ratio": "'warmup_steps' (a value below 1 is a fraction of the steps)",
+    "evaluation_strategy": "'eval_strategy'",
+    "torch_dtype": "'model_init_kwargs: {dtype: ...}'",
+    "no_cuda": "'use_cpu'",
+}
+
+
+class Lora(BaseModel):
+    """LoRA adapter settings (Hu et al. 2021); ignored when `full_finetune` is on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainStage(BaseModel):
+    """The `sft` or `dpo` section: LoRA by default, a full fine-tune on request, TRL options passed through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    full_finetune: bool = False
+    lora: Lora = Field(default_factory=lambda: Lora())
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerateRun(GenerateOptions):
+    """One `cai generate` run inside a recipe; `model` and `out` are set by the recipe."""
+
+    weight: float = Field(default=1.0, ge=0.0)  # share of this run's rows in training: 0.5 keeps half, 2 repeats them
+    # The share in SFT alone (default: weight). 0 keeps a run's chosen answers out of SFT, so only DPO,
+    # which also sees the rejected side, learns from them.
+    sft_weight: float | None = Field(default=None, ge=0.0)
+
+
+class DataFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    weight: float = Field(default=1.0, ge=0.0)
+
+
+class DataSection(BaseModel):
+    """Extra JSONL files mixed in with the generated data, and the held-out fraction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sft: list[DataFile] = Field(default_factory=list)  # rows {"messages": [...]} or {"prompt", "completion"}
+    prefs: list[DataFile] = Field(default_factory=list)  # rows {"prompt", "chosen", "rejected"}
+    test_split: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Pairs whose judge `score` (the judge's preference for `chosen`, from `--pairs judge`) is below this
+    # are left out of DPO; pairs without a score (revision, contrast) are always kept.
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Soft labels: each scored pair is flipped (chosen and rejected swapped) with probability 1 - score,
+    # seeded, so the DPO loss is, in expectation, the soft-label loss -(s log sig(b h) + (1 - s) log sig(-b h))
+    # of conservative DPO: a 0.6 pair pulls weakly, a 0.95 pair strongly. Unscored pairs are never flipped.
+    soft_labels: bool = False
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "default"
+    output_dir: str | None = None  # default: runs/<recipe file name>
+    seed: int = 0
+    trust_remote_code: bool = False
+    model_licences: dict[str, str] = Field(default_factory=dict)  # {model spec: licence id} where a card lacks one
+    accept_licence_risk: bool = False  # train even where a producer's licence forbids it (licensing/)
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
+    generate: list[GenerateRun] = Field(default_factory=list)
+    data: DataSection = Field(default_factory=lambda: DataSection())
+    sft: TrainStage = Field(default_factory=TrainStage)
+    dpo: TrainStage = Field(default_factory=TrainStage)
+    eval: EvalSettings | None = None  # `cai eval`'s options; the recipe sets the model, baseline and folder
+    processes: int = Field(default=1, ge=1)  # > 1: the training stages run under `accelerate launch`
+    accelerate_config: str | None = None  # an accelerate config file (DeepSpeed, FSDP); none: DDP
+    # Iterative self-alignment: round r > 1 regenerates the data with round r-1's model and trains that
+    # model again, in output_dir/round-<r>, each round evaluated against the recipe's base model.
+    rounds: int = Field(default=1, ge=1)
+
+    _base_model: str | None = PrivateAttr(default=None)  # set on the recipes of rounds after the first
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir or "runs/train")
+
+    @property
+    def base_model(self) -> str:
+        """The model round 1 started from: every round's eval baseline."""
+        return self._base_model or self.model
+
+    def for_round(self, index: int, model: str) -> Recipe:
+        """The recipe of round `index` (2, 3, ...): starts from `model`, writes under output_dir/round-<index>."""
+        later = self.model_copy(
+            update={"model": model, "output_dir": str(self.out / f"round-{index}"), "seed": self.seed + index - 1}
+        )
+        later._base_model = self.base_model
+        return later
+
+    def generate_dir(self, index: int) -> Path:
+        return self.out / "generate" / f"{index}-{Path(self.generate[index].constitution).stem}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (`key.path=value`), validate and check a recipe; raise UsageError with every problem.
+
+    This builds `trl.SFTConfig` and `trl.DPOConfig` from the `trl` sections, but loads no model.
+    """
+    data, lines = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}:1: (top level): expected a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    problems = _owned_key_problems(path, data, lines)
+    recipe: Recipe | None = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        problems += validation_problems(path, err, lines, Recipe)
+    output_dir = str(Path(recipe.output_dir if recipe and recipe.output_dir else Path("runs") / Path(path).stem))
+    for stage in ("sft", "dpo"):
+        # Checked even when the rest of the recipe is broken, so every problem shows at once.
+        section = data.get(stage)
+        given = section.get("trl") if isinstance(section, dict) else None
+        seed = recipe.seed if recipe else 0
+        trust = recipe.trust_remote_code if recipe else False
+        problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}"
+                     for key, message in _build(stage, given if isinstance(given, dict) else {}, seed, trust,
+                                                Path(output_dir))[1]]
+    # Files and engines are checked on the raw data, so they show even when the schema has problems too.
+    problems += _file_problems(path, data, lines) + _engine_problems(path, data, lines)
+    if problems or recipe is None:
+        raise UsageError(sorted(problems, key=_line_number))
+    recipe.output_dir = output_dir
+    return recipe
+
+
+def _line_number(problem: str) -> int:
+    parts = problem.split(":", 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
+
+
+def parse_stages(text: str) -> list[str]:
+    """`--stages sft,dpo` -> ["sft", "dpo"]; an unknown stage is an error."""
+    stages = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise UsageError(f"--stages {text}: choose from {','.join(STAGES)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return stages
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, as written plus overrides (defaults left out), so it can be loaded again."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (value parsed as YAML); an unknown key path is an error."""
+    problems = []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        problem = "expected key.path=value" if not sep or not key.strip() else _override_path_problem(data, parts)
+        if problem:
+            problems.append(f"--set {override}: {problem}")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problems.append(f"--set {override}: value is not valid YAML ({str(err).splitlines()[0]})")
+            continue
+        node: Any = data
+        for part, after in zip(parts, parts[1:], strict=False):
+            if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                node[part] = [] if isinstance(after, int) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    if problems:
+        raise UsageError(problems)
+    return data
+
+
+def _override_path_problem(data: dict[str, Any], parts: list[str | int]) -> str:
+    """Walk the schema along `parts`; explain the first step that does not exist, else ''."""
+    schema: Any = Recipe
+    node: Any = data
+    for depth, part in enumerate(parts):
+        here = format_key_path(tuple(parts[: depth + 1]))
+        origin = typing.get_origin(schema)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            if not isinstance(part, str) or part not in schema.model_fields:
+                close = difflib.get_close_matches(str(part), list(schema.model_fields), n=1)
+                return f"unknown key {here}" + (f" (did you mean '{close[0]}'?)" if close else "")
+            schema = _unwrap(schema.model_fields[part].annotation)
+        elif origin is list:
+            items = node if isinstance(node, list) else []
+            if not isinstance(part, int) or part >= len(items):
+                whole = format_key_path(tuple(parts[:depth]))
+                return (f"{here}: the recipe has {len(items)} item(s) there; "
+                        f"use an index below that or set {whole}=[...]")
+            schema = _unwrap(typing.get_args(schema)[0])
+        else:
+            return ""  # inside a free-form mapping (trl, eval, engine_options): its owner checks the keys
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) else None  # type: ignore[index]
+    return ""
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` -> X, so the override walk sees the model or list inside."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _owned_key_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
+    """Keys the recipe sets itself, set in a generate run or the eval section: one problem each (then dropped,
+    so the schema does not report them a second time)."""
+    eval_owned = "set by the recipe (the trained model, the recipe's model, output_dir/eval)"
+    sections: list[tuple[KeyPath, Any, dict[str, str]]] = [
+        (("generate", index), run, RECIPE_OWNED) for index, run in enumerate(_list(data.get("generate")))
+    ]
+    sections.append((("eval",), data.get("eval"), dict.fromkeys(EVAL_OWNED, eval_owned)))
+    problems = []
+    for where, section, owned in sections:
+        for key in owned.keys() & (section.keys() if isinstance(section, dict) else set()):
+            key_path = (*where, key)
+            problems.append(f"{path}:{line_of(lines, key_path)}: {format_key_path(key_path)}: {owned[key]}")
+            del section[key]
+    return problems
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _file_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
+    """Files the recipe names that do not exist (read from the raw data: a schema problem elsewhere must not
+    hide them)."""
+    checks: list[tuple[KeyPath, Any]] = [(("accelerate_config",), data.get("accelerate_config"))]
+    section = data.get("data")
+    section = section if isinstance(section, dict) else {}
+    for kind in ("sft", "prefs"):
+        checks += [(("data", kind, index, "path"), item.get("path") if isinstance(item, dict) else None)
+                   for index, item in enumerate(_list(section.get(kind)))]
+    return [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
+            for key, file in checks if isinstance(file, str) and not Path(file).is_file()]
+
+
+def _engine_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
+    """Engine names and engine options, checked without loading an engine."""
+    from cai_kit.engines import engine_problems
+
+    runs = enumerate(_list(data.get("generate")))
+    sections: list[tuple[KeyPath, Any]] = [(("generate", index), run) for index, run in runs]
+    sections.append((("eval",), data.get("eval")))
+    problems = []
+    for where, section in sections:
+        if not isinstance(section, dict):
+            continue
+        engine, options = section.get("engine", "transformers"), section.get("engine_options") or {}
+        for message in engine_problems(str(engine), options if isinstance(options, dict) else {}):
+            key = (*where, "engine" if message.startswith("unknown engine") else "engine_options")
+            problems.append(f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}")
+    return problems
+
+
+def trl_config_class(stage: str) -> type:
+    from trl import DPOConfig, SFTConfig
+
+    return SFTConfig if stage == "sft" else DPOConfig
+
+
+def trl_config(recipe: Recipe, stage: str) -> Any:
+    """Build the `trl.SFTConfig` / `trl.DPOConfig` for a stage; raise UsageError naming the key on failure."""
+    config, problems = _build(stage, getattr(recipe, stage).trl, recipe.seed, recipe.trust_remote_code, recipe.out)
+    if problems:
+        raise UsageError([f"{format_key_path(key)}: {message}" for key, message in problems])
+    return config
+
+
+def _build(stage: str, given: dict[str, Any], seed: int, trust_remote_code: bool,
+           out: Path) -> tuple[Any, list[tuple[KeyPath, str]]]:
+    """Build a stage's TRL config from the recipe's `trl` options; return (config or None, problems)."""
+    import torch
+
+    config_class = trl_config_class(stage)
+    fields = {field.name for field in dataclasses.fields(config_class) if field.init}
+    hints = typing.get_type_hints(config_class)
+    values: dict[str, Any] = {"seed": seed, "trust_remote_code": trust_remote_code}
+    if not torch.cuda.is_available():
+        # transformers refuses bf16 on a host without a GPU unless `use_cpu` is set, and there CPU is the
+        # only choice anyway. (So a GPU recipe also validates on a laptop.)
+        values["use_cpu"] = True
+    problems: list[tuple[KeyPath, str]] = []
+    for key, value in given.items():
+        key_path: KeyPath = (stage, "trl", key)
+        if key == "output_dir":
+            problems.append((key_path, f"set by cai-kit ({out / stage / 'checkpoints'}); set output_dir instead"))
+        elif key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.7)
+            hint = (f" (renamed: use {RENAMED[key]})" if key in RENAMED
+                    else f" (did you mean '{close[0]}'?)" if close else "")
+            problems.append((key_path, f"not an option of trl.{config_class.__name__}{hint}"))
+        else:
+            # Dataclasses do not check types, and YAML reads `2e-5` as a string: coerce here, or TRL
+            # would carry the string into the optimizer.
+            try:
+                values[key] = TypeAdapter(hints[key]).validate_python(value)
+            except ValidationError as err:
+                quote = " (YAML reads no/yes/off/on as booleans: quote it, 'no')" if isinstance(value, bool) else ""
+                problems.append((key_path, f"{err.errors()[0]['msg']} (got {value!r}){quote}"))
+    values["output_dir"] = str(out / stage / "checkpoints")
+    try:
+        # Built even after a problem above (the good keys only), so its own complaints show too.
+        config = config_class(**{key: value for key, value in values.items() if (stage, "trl", key) not in
+                                 {key_path for key_path, _ in problems}})
+    except (TypeError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, [*problems, (_blame(stage, given, message), message)]
+    return (None if problems else config), problems
+
+
+def _blame(stage: str, given: dict[str, Any], message: str) -> KeyPath:
+    """Point a config error at the key it names (by key or by value), else at the `trl` section."""
+    for key, value in given.items():
+        if key in message or (isinstance(value, str) and value and value in message):
+            return (stage, "trl", key)
+    return (stage, "trl")

@@ -1,0 +1,376 @@
+"""`cai train`: generate, distilled SFT, DPO, eval, in order, each stage in its own folder.
+
+The Zephyr recipe (Tunstall et al. 2023) with the model as its own teacher: SFT on its revised
+answers, then DPO (Rafailov et al. 2023) on revision-over-first-answer pairs (Bai et al. 2022).
+LoRA by default, so the DPO reference is the same weights with the adapter switched off and only
+one copy of the model sits in memory. A finished stage leaves a `.complete` marker and is skipped
+on rerun; an interrupted trainer resumes from its last `checkpoint-*`.
+
+    output_dir/recipe.yaml            the recipe as run (with --set overrides)
+    output_dir/generate/<i>-<name>/   one `cai generate` folder per run
+    output_dir/sft/                   data/ (train, test, counts), checkpoints/, adapter/, model/ (merged)
+    output_dir/dpo/                   the same, starting from sft/model
+    output_dir/model/                 the result: a plain HF folder with a model card and training curves
+    output_dir/eval/                  the eval report of the result
+
+With `processes > 1` the training stages run under `accelerate launch`, each process running
+`python -m cai_kit.training.train --recipe output_dir/recipe.yaml --stage sft|dpo` (CPU: DDP over gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cai_kit.core.errors import UsageError
+from cai_kit.core.files import write_jsonl
+from cai_kit.training.callbacks import RankRecord, TrimMemory
+from cai_kit.training.data_mix import Source, describe, mix
+from cai_kit.training.log import log
+from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, trl_config
+
+MARKER = ".complete"
+LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def mark_complete(folder: Path, **details: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **details},
+                                            indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
+    """Run the recipe's stages (or `stages`) in order, `rounds` times; return the final model folder.
+
+    Round 1 writes to output_dir; round r > 1 regenerates with round r-1's model and trains it again in
+    output_dir/round-<r> (Self-Rewarding and SPIN report most of their gain in the first 2-3 rounds).
+    A finished round's stages are skipped on rerun, like any finished stage.
+    """
+    final = run_round(recipe, stages, callbacks)
+    rounds = [(1, recipe.out)]
+    for index in range(2, recipe.rounds + 1):
+        if not (final / "config.json").is_file():
+            raise UsageError(f"rounds: round {index} starts from round {index - 1}'s model, and it has none yet")
+        later = recipe.for_round(index, str(final))
+        log(f"round {index} of {recipe.rounds}: generating with {final}")
+        final = run_round(later, stages, callbacks)
+        rounds.append((index, later.out))
+    if recipe.rounds > 1:
+        write_rounds_table(recipe.out, rounds)
+    return final
+
+
+def write_rounds_table(out: Path, rounds: list[tuple[int, Path]]) -> None:
+    """output_dir/rounds.md: each round's headline eval figures against the base model."""
+    lines = ["| round | model | suite | metric | baseline | model |", "| --- | --- | --- | --- | --- | --- |"]
+    for index, folder in rounds:
+        marker = folder / "eval" / MARKER
+        results = json.loads(marker.read_text()).get("results") if marker.is_file() else None
+        suites = (results or {}).get("suites", {})
+        for suite in ("harmful", "over_refusal"):
+            scores = (suites.get(suite) or {}).get("scores", {})
+            if scores:
+                cells = [_rate(scores.get(who, {}).get("refused")) for who in ("baseline", "model")]
+                lines.append(f"| {index} | `{folder / 'model'}` | {suite} | refused | {cells[0]} | {cells[1]} |")
+        pairwise = (suites.get("helpful") or {}).get("pairwise")
+        if pairwise:
+            win = _rate(pairwise["win_rate"])
+            lines.append(f"| {index} | `{folder / 'model'}` | helpful | win rate | - | {win} |")
+    (out / "rounds.md").write_text("# Rounds\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    log(f"rounds: {out / 'rounds.md'}")
+
+
+def _rate(value: Any) -> str:
+    return f"{value['rate']:.2f}" if isinstance(value, dict) and value.get("rate") is not None else "-"
+
+
+def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
+    """One pass of the recipe's stages (or `stages`); return the final model folder (or output_dir)."""
+    chosen = [stage for stage in STAGES if stage in (stages or recipe.stages)]
+    if {"generate", "sft", "dpo"} & set(chosen):
+        from cai_kit.licensing.licence_guard import check_recipe
+
+        check_recipe(recipe)  # before any work: a forbidden licence combination stops here
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    (recipe.out / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    log(f"stages {', '.join(chosen)} -> {recipe.out}")
+    if "generate" in chosen:
+        generate_stage(recipe)
+    for stage in ("sft", "dpo"):
+        if stage in chosen and getattr(recipe, stage).enabled:
+            train_stage(recipe, stage, callbacks)
+    final = final_model(recipe)
+    if final is None:
+        log("no trained model yet (run the sft or dpo stage)" + ("; eval skipped" if "eval" in chosen else ""))
+        return recipe.out
+    results = eval_stage(recipe, final) if "eval" in chosen else None
+    from cai_kit.training.model_card import write_model_card
+
+    write_model_card(recipe, final, results)
+    log(f"model: {final}")
+    return final
+
+
+def generate_stage(recipe: Recipe) -> None:
+    from cai_kit.generation.generate import run_generate
+    from cai_kit.generation.options import GenerateOptions
+
+    if not recipe.generate:
+        log("generate: the recipe has no generate runs; skipped")
+    for index, run in enumerate(recipe.generate):
+        folder = recipe.generate_dir(index)
+        values = run.model_dump(exclude={"weight", "sft_weight"})
+        values.update(model=recipe.model, out=str(folder),
+                      trust_remote_code=run.trust_remote_code or recipe.trust_remote_code,
+                      model_licences=recipe.model_licences, accept_licence_risk=recipe.accept_licence_risk)
+        if "seed" not in run.model_fields_set:
+            values["seed"] = recipe.seed
+        options = GenerateOptions(**values).model_dump(mode="json")
+        if is_complete(folder):
+            log(f"generate[{index}]: complete, skipped ({folder}){_changed_since(folder, options)}")
+            continue
+        run_generate(GenerateOptions(**values))
+        mark_complete(folder, options=options)
+
+
+def _changed_since(folder: Path, options: dict[str, Any]) -> str:
+    """A warning when a finished generate run was made with other options than the recipe's now."""
+    before = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("options")
+    if before is None:
+        return ""
+    # `out` moves with the folder (a run copied into another output_dir): not a change of what it holds.
+    changed = [
+        f"{key} {before.get(key)!r} -> {value!r}"
+        for key, value in options.items()
+        if before.get(key) != value and key != "out"
+    ]
+    if not changed:
+        return ""
+    return f"; WARNING: the recipe changed since it ran ({'; '.join(changed)}): delete {folder} to generate it again"
+
+
+def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> None:
+    folder = recipe.out / stage
+    if is_complete(folder):
+        log(f"{stage}: complete, skipped (delete {folder} to train it again)")
+        return
+    prepare_data(recipe, stage)
+    if recipe.processes > 1:
+        launch(recipe, stage)
+    else:
+        fit(recipe, stage, callbacks)
+    if not is_complete(folder):
+        raise UsageError(f"{stage}: training ended without a model in {folder / 'model'}; see the log above")
+
+
+def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
+    """Mix the stage's sources into data/train.jsonl and data/test.jsonl, once (a resumed run reuses them)."""
+    data = recipe.out / stage / "data"
+    if (data / "counts.json").is_file():
+        counts = json.loads((data / "counts.json").read_text(encoding="utf-8"))
+        log(describe(stage, counts) + " (mixed earlier)")
+        return counts
+    name = "sft.jsonl" if stage == "sft" else "prefs.jsonl"
+    sources = []
+    for index, run in enumerate(recipe.generate):
+        path = recipe.generate_dir(index) / name
+        if not path.is_file():
+            raise UsageError(f"{stage}: generate[{index}] has no {path}; run the generate stage first "
+                             "(cai train RECIPE --stages generate)")
+        weight = run.sft_weight if stage == "sft" and run.sft_weight is not None else run.weight
+        sources.append(Source(f"generate[{index}] {Path(run.constitution).stem}", path, weight))
+    for item in recipe.data.sft if stage == "sft" else recipe.data.prefs:
+        sources.append(Source(Path(item.path).name, Path(item.path), item.weight))
+    if not sources:
+        raise UsageError(f"{stage}: no data: add a generate run or data.{'sft' if stage == 'sft' else 'prefs'} files")
+    min_score = recipe.data.min_score if stage == "dpo" else 0.0
+    soft = recipe.data.soft_labels and stage == "dpo"
+    train, test, counts = mix(sources, stage, recipe.data.test_split, recipe.seed, min_score, soft)
+    if not train:
+        raise UsageError(f"{stage}: no training rows in {', '.join(str(s.path) for s in sources)}")
+    write_jsonl(data / "train.jsonl", train)
+    write_jsonl(data / "test.jsonl", test)
+    (data / "counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
+    log(describe(stage, counts))
+    return counts
+
+
+def input_model(recipe: Recipe, stage: str) -> str:
+    """The folder a stage starts from: the base model for SFT, the merged SFT model for DPO."""
+    from cai_kit.core.models import resolve_model
+
+    if stage == "dpo" and recipe.sft.enabled:
+        sft = recipe.out / "sft"
+        if not is_complete(sft):
+            raise UsageError(f"dpo starts from the SFT model, and {sft / 'model'} is not trained yet; "
+                             "run the sft stage first (or set sft.enabled: false to start from the base model)")
+        return str(sft / "model")
+    return resolve_model(recipe.model)
+
+
+def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train one stage in this process (one rank of a multi-process run, or the only one)."""
+    import trl
+    from accelerate import PartialState
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers.trainer_utils import get_last_checkpoint
+
+    section = getattr(recipe, stage)
+    folder = recipe.out / stage
+    args = trl_config(recipe, stage)
+    base = input_model(recipe, stage)
+    datasets = {split: load_dataset("json", data_files=str(folder / "data" / f"{split}.jsonl"), split="train")
+                for split in ("train", "test") if (folder / "data" / f"{split}.jsonl").stat().st_size}
+    peft_config = None if section.full_finetune else LoraConfig(
+        r=section.lora.r, lora_alpha=section.lora.alpha, lora_dropout=section.lora.dropout,
+        target_modules=section.lora.target_modules, task_type="CAUSAL_LM")
+    trainer_class = trl.SFTTrainer if stage == "sft" else trl.DPOTrainer
+    # A model path (not an instance) lets TRL load it with `trl.model_init_kwargs` (dtype, attention).
+    # With a peft_config and no ref_model, DPOTrainer computes the reference log-probs with the adapter
+    # disabled: the reference is the starting model, and no second copy is loaded.
+    trainer = trainer_class(model=base, args=args, train_dataset=datasets["train"],
+                            eval_dataset=datasets.get("test"), peft_config=peft_config,
+                            callbacks=[RankRecord(folder / "ranks", stage), TrimMemory(), *(callbacks or [])])
+    if stage == "dpo" and trainer.is_world_process_zero():
+        reference = ("the starting model with the LoRA adapter off (one copy in memory)"
+                     if getattr(trainer, "ref_model", None) is None and peft_config else "a separate copy")
+        log(f"dpo: reference model = {reference}")
+    checkpoints = Path(args.output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last and trainer.is_world_process_zero():
+        log(f"{stage}: resuming from {last}")
+    result = trainer.train(resume_from_checkpoint=last)
+    metrics: dict[str, Any] = {"train": result.metrics}
+    if "test" in datasets:
+        metrics["eval"] = trainer.evaluate()
+    weights = folder / ("model" if section.full_finetune else "adapter")
+    trainer.save_model(str(weights))  # every rank: DeepSpeed ZeRO-3 and FSDP gather the shards here
+    if trainer.is_world_process_zero():
+        (folder / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str) + "\n")
+        shown = {**metrics["train"], **metrics.get("eval", {})}
+        log(f"{stage}: " + ", ".join(f"{key} {shown[key]:.4g}" for key in LOGGED if key in shown))
+    del trainer
+    gc.collect()
+    if PartialState().is_main_process:
+        if peft_config is not None:
+            dtype = (args.model_init_kwargs or {}).get("dtype", "float32")  # what TRL trained in
+            merge_adapter(base, weights, folder / "model", dtype, recipe.trust_remote_code)
+        mark_complete(folder, start=base, metrics=metrics)
+    return metrics
+
+
+def merge_adapter(base: str, adapter: Path, target: Path, dtype: Any, trust_remote_code: bool) -> None:
+    """Fold the LoRA adapter into the base weights and save a plain model folder (with tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base
+    staged = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    merged.save_pretrained(staged, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code).save_pretrained(staged)
+    shutil.rmtree(target, ignore_errors=True)
+    staged.rename(target)
+
+
+def launch(recipe: Recipe, stage: str) -> None:
+    """Run `fit` for a stage in `recipe.processes` processes through `accelerate launch`."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(recipe.processes),
+               "--num_machines", "1", "--main_process_port", str(_free_port())]
+    if recipe.accelerate_config:
+        command += ["--config_file", recipe.accelerate_config]
+    else:
+        # accelerate reaches torchrun through --multi_gpu; on a host without GPUs the trainer's
+        # `use_cpu` turns each process into a CPU rank, and the ranks talk over gloo.
+        command += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["-m", "cai_kit.training.train", "--recipe", str(recipe.out / "recipe.yaml"), "--stage", stage]
+    log(f"{stage}: {recipe.processes} processes: {shlex.join(command)}")
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise UsageError(f"{stage}: `accelerate launch` failed (exit status {result.returncode}); see the log above")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def final_model(recipe: Recipe) -> Path | None:
+    """Copy the last trained stage's model to output_dir/model and draw the curves; None before training."""
+    from cai_kit.training.curves import write_curves
+
+    trained = [stage for stage in ("sft", "dpo") if getattr(recipe, stage).enabled and is_complete(recipe.out / stage)]
+    if not trained:
+        return None
+    source = recipe.out / trained[-1] / "model"
+    target = recipe.out / "model"
+    stamp = f"{source} {(recipe.out / trained[-1] / MARKER).stat().st_mtime_ns}"
+    if (target / ".source").is_file() and (target / ".source").read_text() == stamp:
+        return target
+    staged = target.with_name(".model.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(source, staged)
+    histories = {stage: json.loads((recipe.out / stage / "log_history.json").read_text())
+                 for stage in trained if (recipe.out / stage / "log_history.json").is_file()}
+    write_curves(histories, staged)
+    (staged / ".source").write_text(stamp)
+    shutil.rmtree(target, ignore_errors=True)
+    staged.rename(target)
+    return target
+
+
+def eval_stage(recipe: Recipe, model: Path) -> dict[str, Any] | None:
+    """Evaluate the result against the base model, if the recipe has an eval section."""
+    folder = recipe.out / "eval"
+    if recipe.eval is None:
+        log("eval: the recipe has no eval section; skipped")
+        return None
+    if is_complete(folder):
+        log(f"eval: complete, skipped ({folder})")
+        return json.loads((folder / MARKER).read_text()).get("results")
+    from cai_kit.evaluation.evaluate import run_eval
+    from cai_kit.evaluation.options import EvalOptions
+
+    settings = recipe.eval.model_dump(exclude_unset=True)
+    results = run_eval(EvalOptions(**settings, model=str(model), baseline=recipe.base_model, out=str(folder)))
+    mark_complete(folder, results=results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of each process under `accelerate launch`; users run `cai train` instead."""
+    parser = argparse.ArgumentParser(prog="python -m cai_kit.training.train", description=main.__doc__)
+    parser.add_argument("--recipe", required=True, help="the resolved recipe (output_dir/recipe.yaml)")
+    parser.add_argument("--stage", required=True, choices=["sft", "dpo"])
+    args = parser.parse_args(argv)
+    try:
+        fit(load_recipe(args.recipe), args.stage)
+    except UsageError as err:
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
