@@ -1,6 +1,6 @@
 """The constitution: the principles a model critiques and revises its own answers against.
 
-A constitution is a YAML file (see DESIGN.md, "The constitution file", and the shipped ones in
+A constitution is a YAML file (see the docs, "Constitutions", and the shipped ones in
 `constitutions/`). The critique/revision loop it drives follows Bai et al. 2022, "Constitutional AI:
 Harmlessness from AI Feedback": for each prompt and round one principle is sampled, the model
 critiques its last answer by it, then rewrites the answer.
@@ -48,10 +48,10 @@ class Principle(BaseModel):
     """One principle: how to critique an answer, and how to rewrite it.
 
     `weight` is the relative chance of being sampled for a critique/revision step. `opening`
-    (optional, beyond DESIGN.md) steers the revision: the revised answer is made to start with
+    (optional) steers the revision: the revised answer is made to start with
     these words, e.g. "I can't help with that, but". It helps small models that otherwise drift
     into refusing everything or nothing; leave it unset on principles that ask the model to keep
-    helping. `categories` (optional, beyond DESIGN.md) limits the principle to prompts of those
+    helping. `categories` (optional) limits the principle to prompts of those
     categories (the prompt set's `category` column); empty means every prompt. It keeps a refusal
     opening meant for weapons questions off a request for a cake recipe.
     """
@@ -70,7 +70,7 @@ class Principle(BaseModel):
 class Example(BaseModel):
     """A few-shot demonstration of one critique/revision step.
 
-    `principle` (optional, beyond DESIGN.md) names the principle the demonstration illustrates, so
+    `principle` (optional) names the principle the demonstration illustrates, so
     `Constitution.examples_for` can show the most relevant ones first.
     """
 

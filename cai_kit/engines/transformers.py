@@ -2,7 +2,7 @@
 
 Batches are sorted by prompt length and left-padded so each `generate` call wastes little on
 padding; bf16 is used where the CPU has native bf16 (AMX / avx512_bf16), which measured ~1.75x
-faster than fp32 on a 2-core CPU at batch 64 (FINDINGS.md).
+faster than fp32 on a 2-core CPU with AMX at batch 64 (docs: Benchmarks).
 """
 
 from __future__ import annotations

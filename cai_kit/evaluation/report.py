@@ -2,7 +2,7 @@
 
 - tradeoff.png: share of harmful prompts refused (up is safer) against share of benign-but-risky
   prompts refused (left is more helpful), one point per model with 95% intervals, an arrow from the
-  baseline to the model. The top-left corner is the goal; the FINDINGS runs moved up and right.
+  baseline to the model. The top-left corner is the goal; over-trained runs move up and right.
 - categories.png: per-category bars for each suite, baseline next to model.
 """
 

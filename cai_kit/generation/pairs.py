@@ -129,7 +129,7 @@ def judged_pairs(
     rejected; `score` is the judge's preference for the chosen one, in [0.5, 1].
 
     Check the judge first: `cai judge-check --judge-model M -c CONSTITUTION` (the default 135M model
-    is at chance there, so its labels are noise; README: Checking the judge).
+    is at chance there, so its labels are noise; docs: Judging).
     """
     from cai_kit.judging.judge import judge_pairs
 

@@ -64,7 +64,7 @@ def make_row(
     finish_reason: str,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One row of generations.jsonl (DESIGN.md's columns, plus `pair` and `prompt_id` for modes other than
+    """One row of generations.jsonl (the documented columns, plus `pair` and `prompt_id` for modes other than
     revision, `models` for provenance, and whatever the mode adds)."""
     ids = {"id": row_id(prompt.id, mode)} | ({} if mode == "revision" else {"prompt_id": prompt.id, "pair": mode})
     return {

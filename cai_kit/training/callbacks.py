@@ -35,7 +35,7 @@ class TrimMemory(TrainerCallback):
 
     Padding-free batches have a new shape every step, and on a CPU glibc keeps the freed blocks of
     each: the SFT stage's RSS grew ~65 MB a step here, from 2.8 to 4.8 GB over 62 steps, and the
-    stages after it started from there (README, "Measured figures")."""
+    stages after it started from there (docs: Benchmarks)."""
 
     def __init__(self):
         self.trim = None
