@@ -339,6 +339,26 @@ def test_train_warns_once_about_data_without_a_manifest(tmp_path, capsys):
     assert capsys.readouterr().err.count("has no cai-kit manifest.json") == 1
 
 
+def test_train_checks_each_generate_run_once_before_its_first_stage(tmp_path, monkeypatch):
+    """`cai train` checks every producer of the recipe's data up front (check_recipe); its generate runs do
+    not check the same models a second time."""
+    from cai_kit.generation import generate
+    from cai_kit.licensing import licence_guard
+    from cai_kit.training import train
+    from cai_kit.training.recipe import load_recipe
+
+    calls: list[str] = []
+    real_guard = licence_guard.guard
+    monkeypatch.setattr(licence_guard, "guard", lambda *a, **k: calls.append("guard") or real_guard(*a, **k))
+    monkeypatch.setattr(generate, "check_generate", lambda options: calls.append("generate") or [])
+    recipe = load_recipe(REPO / "recipes" / "tiny.yaml", [f"output_dir={tmp_path / 'run'}", "generate.0.limit=2",
+                                                          "generate.1.limit=2"])
+    monkeypatch.chdir(REPO)
+    train.run_train(recipe, ["generate"])
+    assert calls == ["guard"]  # one check of the whole recipe, none per generate run
+    assert len(list((tmp_path / "run" / "generate").iterdir())) == 2
+
+
 def test_recipe_licence_keys_are_top_level_only(tmp_path):
     from cai_kit.training.recipe import load_recipe
 

@@ -149,13 +149,14 @@ def _check(options: GenerateOptions) -> None:
         raise UsageError(problems)
 
 
-def run_generate(options: GenerateOptions, engine: Engine | None = None) -> Path:
+def run_generate(options: GenerateOptions, engine: Engine | None = None, licences_checked: bool = False) -> Path:
     """Run the loop and return the output folder. `engine` lets tests pass a scripted engine."""
     from tqdm import tqdm
 
     from cai_kit.generation.data_card import print_summary, write_card
 
-    check_generate(options)  # before any work: a forbidden licence combination stops here
+    if not licences_checked:  # `cai train` checks every run of its recipe at once, before its first stage
+        check_generate(options)  # before any work: a forbidden licence combination stops here
     _check(options)
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)

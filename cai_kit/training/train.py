@@ -142,7 +142,7 @@ def generate_stage(recipe: Recipe) -> None:
         if is_complete(folder):
             log(f"generate[{index}]: complete, skipped ({folder}){_changed_since(folder, options)}")
             continue
-        run_generate(GenerateOptions(**values))
+        run_generate(GenerateOptions(**values), licences_checked=True)  # check_recipe covered this run
         mark_complete(folder, options=options)
 
 
