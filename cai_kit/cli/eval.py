@@ -6,6 +6,8 @@ import click
 
 from cai_kit.cli.flags import default, engine_flags
 from cai_kit.core.errors import usage_errors
+from cai_kit.evaluation.benchmarks import BENCHMARKS
+from cai_kit.evaluation.guards import CHOICES as GUARD_FORMATS
 from cai_kit.evaluation.options import DEFAULT_PROMPTS, SUITES, EvalOptions, make_options, parse_prompt_overrides
 
 E = EvalOptions
@@ -20,7 +22,7 @@ E = EvalOptions
     "suites",
     multiple=True,
     default=["all"],
-    help=f"{', '.join(SUITES)} or all. Repeatable.",
+    help=f"{', '.join(SUITES)} or all (these three), or a public benchmark: {', '.join(BENCHMARKS)}. Repeatable.",
 )
 @click.option(
     "--judge-model",
@@ -35,6 +37,31 @@ E = EvalOptions
     f"[default: {', '.join(DEFAULT_PROMPTS.values())}]",
 )
 @click.option("--limit", type=click.IntRange(0), help="Prompts per suite, spread over categories; 0 or unset: all.")
+# -- the safety judge and the public benchmarks (evaluation/guards.py, evaluation/benchmarks.py)
+@click.option(
+    "--safety-judge",
+    help="Guard model that judges every answer but the helpful suite's: Llama Guard 3 (1B, 8B), Qwen3Guard-Gen or "
+    "WildGuard, prompted in its model card's format, on the same --engine.",
+)
+@click.option(
+    "--safety-judge-format",
+    type=click.Choice(GUARD_FORMATS),
+    help="Prompt format of --safety-judge.  [default: from the model's name]",
+)
+@click.option(
+    "--safety-judge-base-url",
+    "safety_judge_base_urls",
+    multiple=True,
+    metavar="URL",
+    help="With --engine openai: the safety judge's own server(s).  [default: --base-url]",
+)
+@click.option(
+    "--suite-data",
+    multiple=True,
+    metavar="SUITE=PATH_OR_HF",
+    help="A public benchmark's data in its published schema: a local file or hf:NAME[:config][:split]. "
+    "Repeatable.  [default: the authors' copy on the Hugging Face Hub]",
+)
 @click.option(
     "--constitution",
     "-c",
@@ -61,16 +88,23 @@ def eval_command(**kwargs) -> None:
       cai eval --model default --suite all --limit 20 --out runs/eval-base
       cai eval -m runs/train/final -b default --judge-model default --out runs/eval-after
       cai eval -m my_model -s harmful -p hf:walledai/HarmBench:standard:train --limit 50
+      cai eval -m my_model -s xstest --suite-data xstest=xstest_prompts.csv --safety-judge allenai/wildguard
     """
     from cai_kit.engines import parse_engine_options
+    from cai_kit.evaluation.benchmarks import parse_suite_data
     from cai_kit.evaluation.evaluate import run_eval
     from cai_kit.evaluation.report import summary_table
+    from cai_kit.evaluation.safety_report import summary_text
 
     kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     kwargs["prompts"] = parse_prompt_overrides(list(kwargs["prompts"]), list(kwargs["suites"]))
     kwargs["suites"] = list(kwargs["suites"])
+    kwargs["safety_judge_base_urls"] = list(kwargs["safety_judge_base_urls"])
+    kwargs["suite_data"] = parse_suite_data(kwargs["suite_data"])
     results = run_eval(make_options(**{k: v for k, v in kwargs.items() if v is not None}))
     click.echo(summary_table(results))
+    if summary_text(results):  # the safety judge's and the public benchmarks' rates
+        click.echo("\n" + summary_text(results))
     click.echo(f"report: {results['options']['out']}/report.md")
 
 

@@ -90,6 +90,13 @@ def load_many(specs: list[str], column: str = "prompt", limit: int | None = None
     return rows
 
 
+def read_records(spec: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The raw records of a set, each with where it sits ("line N", "row N"), and the label error messages name:
+    for readers of other schemas than a prompt column (the public benchmarks of `cai eval`)."""
+    label, records = _read(spec)
+    return label, list(records)
+
+
 def round_robin(groups: Iterable[list[T]]) -> list[T]:
     """One item from each group in turn (order kept within a group), until every group is used up."""
     groups = list(groups)

@@ -9,7 +9,8 @@ so far are on disk, and rerunning the command resumes). Any other failure of one
 error completion, which `cai generate` writes as an error row and generates again on the next run.
 
 Plain HTTP from the standard library, so this engine needs no extra. The API key is read from the
-environment variable named by `api_key_env` and is never printed.
+environment variable named by `api_key_env` and is never printed. With `raw_prompt`, the last message is
+the model's whole input (a guard prompt that `cai eval --safety-judge` renders): it goes to /v1/completions as is.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class OpenAIEngine:
         batch_size: int = 32,  # not used: each conversation is its own request and the server batches them
         trust_remote_code: bool = False,  # only for the local tokenizer (prefill fallback, log-probs)
         progress: bool = True,
+        raw_prompt: bool = False,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or [])
         problems = [
@@ -112,6 +114,7 @@ class OpenAIEngine:
         self.extra_body = dict(extra_body or {})
         self.trust_remote_code = trust_remote_code
         self.progress = progress
+        self.raw_prompt = raw_prompt
         self.generated_tokens = 0  # running total, read by progress displays and benchmarks
         self._lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
@@ -269,7 +272,7 @@ class OpenAIEngine:
 
     def _reply(self, conversation: Conversation, params: GenParams, seed: int) -> Completion:
         prefill = conversation[-1]["role"] == "assistant"
-        if prefill and self._plain:
+        if self.raw_prompt or (prefill and self._plain):
             return self._reply_from_text(conversation, params, seed)
         extensions: dict[str, Any] = {}
         if params.repetition_penalty != 1.0:
@@ -311,18 +314,27 @@ class OpenAIEngine:
             self._plain = True
 
     def _reply_from_text(self, conversation: Conversation, params: GenParams, seed: int) -> Completion:
-        body = {**self._sampling(params, seed), "prompt": self.render(conversation), **self.extra_body}
+        # A raw prompt holds its own BOS token; vllm adds none when told so (an extension, dropped where rejected).
+        no_bos = {"add_special_tokens": False} if self.raw_prompt and not self._plain else {}
+        body = {**self._sampling(params, seed), "prompt": self.render(conversation), **no_bos, **self.extra_body}
         try:
             answer = self._post("/completions", body)
             choice = answer["choices"][0]
             return self._completion(choice.get("text"), choice.get("finish_reason"), answer)
-        except (_Rejected, _Failed) as err:
-            return _error(f"prefilled reply through /v1/completions failed: {err}")
+        except _Rejected as err:
+            if no_bos and "add_special_tokens" in err.detail:
+                self._go_plain(err)
+                return self._reply_from_text(conversation, params, seed)
+            return _error(f"reply through /v1/completions failed: {err}")
+        except _Failed as err:
+            return _error(f"reply through /v1/completions failed: {err}")
         except (KeyError, IndexError, TypeError):
             return _error("unexpected answer from the server's /v1/completions")
 
     def render(self, conversation: Conversation) -> str:
-        """The chat-template text of a conversation, rendered here with the model's tokenizer."""
+        """The chat-template text of a conversation, rendered here with the model's tokenizer (raw: the message)."""
+        if self.raw_prompt:
+            return conversation[-1]["content"]
         continuing = conversation[-1]["role"] == "assistant"
         return self._chat_tokenizer().apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from cai_kit.core.errors import UsageError
+from cai_kit.evaluation.benchmarks import BENCHMARKS
+from cai_kit.evaluation.guards import resolve_format
 
 SUITES = ["harmful", "over_refusal", "helpful"]
 DEFAULT_PROMPTS = {"harmful": "eval/harmful", "over_refusal": "eval/over_refusal", "helpful": "eval/helpful"}
@@ -55,10 +57,12 @@ class EvalSettings(BaseModel):
     @field_validator("suites")
     @classmethod
     def _known_suites(cls, value: list[str]) -> list[str]:
-        unknown = [s for s in value if s not in [*SUITES, "all"]]
+        unknown = [s for s in value if s not in [*SUITES, "all", *BENCHMARKS]]
         if unknown:
-            raise ValueError(f"unknown suite {', '.join(map(repr, unknown))}; choose from {', '.join(SUITES)}, all")
-        return [s for s in SUITES if s in value or "all" in value]
+            raise ValueError(f"unknown suite {', '.join(map(repr, unknown))}; choose from {', '.join(SUITES)}, all, "
+                             f"or a public benchmark: {', '.join(BENCHMARKS)}")
+        # `all` is the project's own suites; a public benchmark (benchmarks.py) is named on its own.
+        return [s for s in SUITES if s in value or "all" in value] + [b for b in BENCHMARKS if b in value]
 
     @field_validator("prompts")
     @classmethod
@@ -75,11 +79,42 @@ class EvalOptions(EvalSettings):
     model: str = "default"
     baseline: str | None = None  # the model before training; needed for the helpful win rate
     out: str | None = None
+    # -- the safety judge and the public benchmarks (guards.py, benchmarks.py)
+    safety_judge: str | None = None  # a guard model: Llama Guard 3, Qwen3Guard-Gen or WildGuard
+    safety_judge_format: str | None = Field(None, validate_default=True)  # None: guessed from the judge's name
+    safety_judge_base_urls: list[str] = Field(default_factory=list)  # openai engine: the guard's own server(s)
+    suite_data: dict[str, str] = Field(default_factory=dict)  # benchmark suite -> local file or hf: id
 
-    @field_validator("model", "baseline", "out", mode="before")
+    @field_validator("model", "baseline", "out", "safety_judge", mode="before")
     @classmethod
     def _owned_paths(cls, value: Any) -> Any:
         return _path_to_str(value)
+
+    @field_validator("suite_data")
+    @classmethod
+    def _benchmark_data(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(BENCHMARKS))
+        if unknown:
+            names = ", ".join(BENCHMARKS)
+            raise ValueError(f"data for unknown benchmark {', '.join(map(repr, unknown))}; use {names}")
+        return value
+
+    @field_validator("safety_judge_format")
+    @classmethod
+    def _guard_format(cls, value: str | None, info: ValidationInfo) -> str | None:
+        judge = info.data.get("safety_judge")
+        if judge:
+            resolve_format(judge, value)  # ValueError: an unknown format, or none given and none guessed
+        elif value:
+            raise ValueError("a format without a safety judge: name the guard model with --safety-judge")
+        return value
+
+    @field_validator("safety_judge_base_urls")
+    @classmethod
+    def _guard_urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and info.data.get("engine") != "openai":
+            raise ValueError("the safety judge's own base URL needs --engine openai")
+        return value
 
 
 def make_options(**values: Any) -> EvalOptions:

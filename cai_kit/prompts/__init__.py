@@ -22,6 +22,11 @@ def _template(name: str):
     return _ENV.from_string(source)
 
 
-def render(name: str, **variables: Any) -> str:
-    """Render `cai_kit/prompts/<name>.jinja`; a missing variable is an error, not an empty string."""
-    return _template(name).render(**variables).strip()
+def render(name: str, *, exact: bool = False, **variables: Any) -> str:
+    """Render `cai_kit/prompts/<name>.jinja`; a missing variable is an error, not an empty string.
+
+    The text comes back stripped, unless `exact`: a guard prompt (guard_*.jinja) is a model's whole input,
+    and the newline it ends with is part of its format.
+    """
+    text = _template(name).render(**variables)
+    return text if exact else text.strip()
