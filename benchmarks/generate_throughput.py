@@ -36,6 +36,7 @@ import torch
 
 from cai_kit.core.constitution import load_constitution
 from cai_kit.core.models import resolve_model
+from cai_kit.core.precision import cpu_bf16_flag, cpu_capability
 from cai_kit.core.prompt_sets import load_many
 from cai_kit.engines import GenParams
 from cai_kit.engines.transformers import TransformersEngine
@@ -137,7 +138,8 @@ def main() -> None:
     print(
         f"model={args.model} dtype={engine.model.dtype} prompts={len(prompts)} batch={args.batch_size} "
         f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} shared_prefix={engine.shared_prefix} "
-        f"row_cache={engine.row_cache} early_exit={engine.early_exit}"
+        f"row_cache={engine.row_cache} early_exit={engine.early_exit} cpu={cpu_capability()} "
+        f"native_bf16={cpu_bf16_flag() or 'no'}"
     )
 
     recording = Recording(engine)

@@ -8,9 +8,10 @@ Every variant runs in its own subprocess on the same rows (prompts from data/tra
 length), one epoch, batch 8, LoRA r16 all-linear, and reports its training time and its own peak
 RSS. The variants:
 
-- sft-ours:       `cai_kit.training.train.fit` with the sft section of recipes/zephyr_cai.yaml
-- sft-trl:        `trl.SFTTrainer` with a default `SFTConfig` (bf16 autocast, gradient checkpointing on)
-                  and the same LoRA config
+- sft-ours:       `cai_kit.training.train.fit` with the sft section of recipes/zephyr_cai.yaml (`bf16: auto`:
+                  bf16 autocast where the CPU has avx512_bf16/AMX, fp32 elsewhere; the header names the CPU)
+- sft-trl:        `trl.SFTTrainer` with a default `SFTConfig` (gradient checkpointing on) and the same LoRA
+                  config; only its precision is ours (TRL's default, bf16, crawls on an AVX2-only CPU)
 - dpo-ours:       `cai_kit.training.train.fit`, dpo section of recipes/zephyr_cai.yaml (reference = adapter off)
 - dpo-ref-copy:   the same LoRA DPO, given a separately loaded reference model
 - dpo-trl:        `trl.DPOTrainer` defaults: full fine-tune, TRL loads the reference copy itself
@@ -103,9 +104,12 @@ def _trl(stage: str, model: str, work: Path, separate_ref: bool) -> float:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+    from cai_kit.core.precision import hardware_precision
+
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    # TRL's own default is bf16 whatever the CPU; the same precision as ours keeps the comparison about the rest.
     common = {"output_dir": str(work / "run"), "num_train_epochs": 1, "save_strategy": "no", "report_to": "none",
-              "disable_tqdm": True, "use_cpu": not torch.cuda.is_available()}
+              "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(), "bf16": hardware_precision().bf16}
     if stage == "sft":
         data = load_dataset("json", data_files=str(work / "data" / "sft.jsonl"), split="train")
         trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=data, peft_config=lora)
@@ -143,6 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cai_kit.core.models import resolve_model
+    from cai_kit.core.precision import cpu_summary
 
     model = resolve_model(args.model)
     if args.variant:
@@ -153,7 +158,7 @@ def main() -> None:
         make_data(work / "data", args.rows)
         tokens = count_tokens(model, work / "data")
         print(f"model {args.model}, {args.rows} rows, {tokens['sft']} SFT tokens, {tokens['dpo']} DPO tokens, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+              f"{os.cpu_count()} CPUs ({cpu_summary()}), load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         results = {}
         for variant in args.variants.split(","):
             command = [sys.executable, __file__, "--variant", variant, "--model", model, "--work", str(work / variant)]

@@ -1,8 +1,9 @@
 """In-process generation with transformers: runs anywhere, the default engine.
 
 Batches are sorted by prompt length and left-padded so each `generate` call wastes little on
-padding; bf16 is used where the CPU has native bf16 (AMX / avx512_bf16), which measured ~1.75x
-faster than fp32 on a 2-core CPU with AMX at batch 64 (docs: Benchmarks).
+padding; dtype `auto` is bf16 where the hardware has it natively (`core.precision`: a CUDA GPU, or a
+CPU with AMX / avx512_bf16), which measured ~1.75x faster than fp32 on a 2-core CPU with AMX at batch
+64 (docs: Benchmarks), and fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -10,25 +11,17 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from cai_kit.core.precision import hardware_precision
 from cai_kit.engines import Completion, Conversation, GenParams
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_dtype(dtype: str):
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_bf16() else torch.float32
+        return torch.bfloat16 if hardware_precision().bf16 else torch.float32
     return {
         "bf16": torch.bfloat16,
         "bfloat16": torch.bfloat16,

@@ -1,7 +1,8 @@
 """The model card (README.md) of a trained model folder: where the model came from and how it did.
 
 It names the base model and its licence, every constitution with its sha256 (from each generate
-run's manifest.json), the data counts of each stage, the recipe as run, and the final metrics, so
+run's manifest.json), the data counts of each stage, the recipe as run, the final metrics and the
+precision each stage trained in (and why: the machine decides under `bf16: auto`), so
 a reader can tell what the model was trained to do and repeat it.
 """
 
@@ -72,10 +73,19 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
     lines += [f"- data file `{path}` has no cai-kit manifest: the models that wrote it are not recorded"
               for path in unrecorded]
     lines += ["", "## Metrics", "", "| stage | metric | value |", "| --- | --- | --- |"]
+    precision = []
     for stage in ("sft", "dpo"):
         metrics = _read_json(out / stage / "metrics.json") or {}
         merged = {**metrics.get("train", {}), **metrics.get("eval", {})}
         lines += [f"| {stage} | {key} | {_number(merged[key])} |" for key in SHOWN_METRICS if key in merged]
+        if "precision" in metrics:
+            chosen = metrics["precision"]
+            precision.append(f"| {stage} | {chosen['compute']} | {chosen['reason']} | {chosen['weights']} |")
+    if precision:
+        lines += ["", "## Training precision", "",
+                  "Each stage's `trl.bf16` decides: true, false, or auto (bf16 where the hardware has it natively, "
+                  "else fp32). bf16 is autocast: the weights keep their dtype, and this model is saved in it.", "",
+                  "| stage | compute | why | weights |", "| --- | --- | --- | --- |", *precision]
     if eval_results:
         lines += ["", "## Evaluation against the base model", "", _eval_summary(eval_results), "",
                   f"The full report: `{out / 'eval' / 'report.md'}`."]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 
 from cai_kit.core.config_file import KeyPath, format_key_path, line_of, read_yaml, validation_problems
 from cai_kit.core.errors import UsageError
+from cai_kit.core.precision import Precision, training_precision
 from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
 from cai_kit.evaluation.options import EvalSettings
 from cai_kit.generation.options import GenerateOptions
@@ -325,6 +326,15 @@ def trl_config(recipe: Recipe, stage: str) -> Any:
     return config
 
 
+def stage_precision(recipe: Recipe, stage: str) -> Precision:
+    """The precision a stage trains in: its `trl.bf16` (true, false, or auto/absent: the hardware's choice)."""
+    return _precision(getattr(recipe, stage).trl)
+
+
+def _precision(trl: dict[str, Any]) -> Precision:
+    return training_precision(trl.get("bf16", "auto"), fp16=trl.get("fp16") is True)
+
+
 def _build(stage: str, given: dict[str, Any], seed: int, trust_remote_code: bool,
            out: Path) -> tuple[Any, list[tuple[KeyPath, str]]]:
     """Build a stage's TRL config from the recipe's `trl` options; return (config or None, problems)."""
@@ -339,8 +349,14 @@ def _build(stage: str, given: dict[str, Any], seed: int, trust_remote_code: bool
         # only choice anyway. (So a GPU recipe also validates on a laptop.)
         values["use_cpu"] = True
     problems: list[tuple[KeyPath, str]] = []
+    try:  # `bf16: auto` (or no bf16): resolved here, so TRL sees true or false (TRL's own default is true)
+        values["bf16"] = _precision(given).bf16
+    except ValueError as err:
+        problems.append(((stage, "trl", "bf16"), str(err)))
     for key, value in given.items():
         key_path: KeyPath = (stage, "trl", key)
+        if key == "bf16":
+            continue
         if key == "output_dir":
             problems.append((key_path, f"set by cai-kit ({out / stage / 'checkpoints'}); set output_dir instead"))
         elif key not in fields:

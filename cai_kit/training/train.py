@@ -36,7 +36,7 @@ from cai_kit.core.files import write_jsonl
 from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.data_mix import Source, describe, mix
 from cai_kit.training.log import log
-from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, trl_config
+from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
 
 MARKER = ".complete"
 LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
@@ -167,6 +167,7 @@ def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) 
     if is_complete(folder):
         log(f"{stage}: complete, skipped (delete {folder} to train it again)")
         return
+    log(f"{stage}: precision {stage_precision(recipe, stage)}")
     prepare_data(recipe, stage)
     if recipe.processes > 1:
         launch(recipe, stage)
@@ -232,6 +233,7 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     section = getattr(recipe, stage)
     folder = recipe.out / stage
     args = trl_config(recipe, stage)
+    precision = precision_record(recipe, stage, args)
     base = input_model(recipe, stage)
     datasets = {split: load_dataset("json", data_files=str(folder / "data" / f"{split}.jsonl"), split="train")
                 for split in ("train", "test") if (folder / "data" / f"{split}.jsonl").stat().st_size}
@@ -254,7 +256,7 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     if last and trainer.is_world_process_zero():
         log(f"{stage}: resuming from {last}")
     result = trainer.train(resume_from_checkpoint=last)
-    metrics: dict[str, Any] = {"train": result.metrics}
+    metrics: dict[str, Any] = {"train": result.metrics, "precision": precision}
     if "test" in datasets:
         metrics["eval"] = trainer.evaluate()
     weights = folder / ("model" if section.full_finetune else "adapter")
@@ -268,10 +270,21 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     gc.collect()
     if PartialState().is_main_process:
         if peft_config is not None:
-            dtype = (args.model_init_kwargs or {}).get("dtype", "float32")  # what TRL trained in
-            merge_adapter(base, weights, folder / "model", dtype, recipe.trust_remote_code)
+            merge_adapter(base, weights, folder / "model", precision["weights"], recipe.trust_remote_code)
         mark_complete(folder, start=base, metrics=metrics)
     return metrics
+
+
+def precision_record(recipe: Recipe, stage: str, args: Any) -> dict[str, str]:
+    """A stage's precision for metrics.json, its .complete marker and the model card.
+
+    bf16 is autocast: TRL keeps the weights it trains in `model_init_kwargs`' dtype (float32 unless set), and
+    the merged model is saved in that same dtype, so a small LoRA delta is not rounded away when it is folded
+    into the base weights.
+    """
+    precision = stage_precision(recipe, stage)
+    weights = str((args.model_init_kwargs or {}).get("dtype", "float32"))
+    return {"compute": precision.name, "reason": precision.reason, "weights": weights}
 
 
 def merge_adapter(base: str, adapter: Path, target: Path, dtype: Any, trust_remote_code: bool) -> None:

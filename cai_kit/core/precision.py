@@ -1,0 +1,95 @@
+"""Which float precision this machine computes fastest in: the one hardware check, for generation and training.
+
+bf16 only pays where the hardware has it natively: a CUDA GPU with bf16 (Ampere and later), or an x86 CPU
+with avx512_bf16 or AMX (amx_bf16). Elsewhere, on an AVX2-only CPU such as most laptops, PyTorch emulates
+bf16 matrix multiplies and they run far slower than fp32 (0.7 against 25.3 GFLOP/s, one thread, on a 2-core
+AMD EPYC with AVX2 only; docs: Recipes), so there the choice is fp32.
+
+`torch.backends.cpu.get_cpu_capability()` (AVX2, AVX512, ...) is the kernel set PyTorch dispatches to; it goes
+into every reason so a log or model card says what the machine was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # its flags of native bf16 matrix math, strongest first
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision choice and why it was made: `str()` gives e.g. "fp32 (CPU has no native bf16: AVX2)"."""
+
+    bf16: bool
+    reason: str
+    fp16: bool = False
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def cpu_bf16_flag() -> str | None:
+    """The CPU's native bf16 flag (amx_bf16 or avx512_bf16) from /proc/cpuinfo, or None (none, or not Linux)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return None
+    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+    return next((flag for flag in BF16_FLAGS if flag in flags), None)
+
+
+def cpu_has_bf16() -> bool:
+    return cpu_bf16_flag() is not None
+
+
+def cpu_capability() -> str:
+    """PyTorch's CPU kernel level: "AVX2", "AVX512", "DEFAULT", ... ("unknown" if torch cannot say)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def cpu_summary() -> str:
+    """One phrase for benchmark headers: "cpu AVX2, native bf16 no" / "cpu AVX512, native bf16 amx_bf16"."""
+    return f"cpu {cpu_capability()}, native bf16 {cpu_bf16_flag() or 'no'}"
+
+
+def hardware_precision() -> Precision:
+    """bf16 on a CUDA GPU that has it or on a CPU with native bf16, else fp32; with the reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return Precision(True, f"CUDA GPU: {name}")
+        return Precision(False, f"CUDA GPU without bf16: {name}")
+    flag = cpu_bf16_flag()
+    if flag:
+        return Precision(True, f"CPU has {flag}: {cpu_capability()}")
+    return Precision(False, f"CPU has no native bf16: {cpu_capability()}")
+
+
+def training_precision(bf16: object = "auto", fp16: bool = False) -> Precision:
+    """Resolve a training stage's `bf16` setting: true or false as given; "auto" or None follows the hardware.
+
+    With `fp16: true` and bf16 not set to true, the stage trains in fp16 (TRL refuses both at once).
+    Raises ValueError on any other value.
+    """
+    if not (isinstance(bf16, bool) or bf16 is None or bf16 == "auto"):
+        raise ValueError(f"expected true, false or auto (got {bf16!r})")
+    hardware = hardware_precision()
+    if isinstance(bf16, bool):
+        slow = "; bf16 is slow here" if bf16 and not hardware.bf16 else ""
+        return Precision(bf16, f"bf16: {str(bf16).lower()} in the recipe; {hardware.reason}{slow}", fp16 and not bf16)
+    if fp16:
+        return Precision(False, f"fp16: true in the recipe; {hardware.reason}", fp16=True)
+    return hardware
