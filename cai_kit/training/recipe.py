@@ -6,7 +6,9 @@ renames often: `max_seq_length`, `warmup_ratio`, `max_prompt_length` all went) f
 `cai validate`, with its file and line, not an hour into a run.
 
 Relative paths in a recipe (constitutions, data files, output_dir, accelerate_config) are relative
-to the directory `cai` runs in, as they are for `cai generate`.
+to the directory `cai` runs in, as they are for `cai generate`. Constitutions and accelerate configs may
+also be shipped names (`harmless`, `deepspeed_zero3`: core/shipped.py), so the shipped recipes run
+anywhere, and `cai train tiny` finds the shipped recipe itself.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 
 from cai_kit.core.config_file import KeyPath, format_key_path, line_of, read_yaml, validation_problems
 from cai_kit.core.errors import UsageError
+from cai_kit.core.shipped import resolve_yaml
 from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
 from cai_kit.evaluation.options import EvalSettings
 from cai_kit.generation.options import GenerateOptions
@@ -150,6 +153,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
     This builds `trl.SFTConfig` and `trl.DPOConfig` from the `trl` sections, but loads no model.
     """
+    path = resolve_yaml(path, ("recipe",))
     data, lines = read_yaml(path)
     if data is None:
         data = {}
@@ -282,15 +286,29 @@ def _list(value: Any) -> list[Any]:
 
 def _file_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
     """Files the recipe names that do not exist (read from the raw data: a schema problem elsewhere must not
-    hide them)."""
-    checks: list[tuple[KeyPath, Any]] = [(("accelerate_config",), data.get("accelerate_config"))]
+    hide them). Constitutions and accelerate configs may be shipped names."""
+    checks: list[tuple[KeyPath, Any]] = []
     section = data.get("data")
     section = section if isinstance(section, dict) else {}
     for kind in ("sft", "prefs"):
         checks += [(("data", kind, index, "path"), item.get("path") if isinstance(item, dict) else None)
                    for index, item in enumerate(_list(section.get(kind)))]
-    return [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
-            for key, file in checks if isinstance(file, str) and not Path(file).is_file()]
+    problems = [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
+                for key, file in checks if isinstance(file, str) and not Path(file).is_file()]
+    named: list[tuple[KeyPath, Any, str]] = [
+        (("accelerate_config",), data.get("accelerate_config"), "accelerate config")]
+    named += [(("generate", index, "constitution"), run.get("constitution"), "constitution")
+              for index, run in enumerate(_list(data.get("generate"))) if isinstance(run, dict)]
+    if isinstance(data.get("eval"), dict):
+        named.append((("eval", "constitution"), data["eval"].get("constitution"), "constitution"))
+    for key, spec, kind in named:
+        if not isinstance(spec, str):
+            continue
+        try:
+            resolve_yaml(spec, (kind,))
+        except UsageError as err:
+            problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {line}" for line in err.problems]
+    return problems
 
 
 def _engine_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
