@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from cai_kit.cli import main
 from cai_kit.core.errors import UsageError
+from cai_kit.core.shipped import resolve_yaml
 from cai_kit.training.recipe import load_recipe, parse_stages, trl_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,7 +21,7 @@ SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)  # recipes name constitutions and accelerate configs relative to the repo root
+    monkeypatch.chdir(REPO)  # the hand-written recipes below name constitutions by their path in the checkout
 
 
 def test_recipes_are_shipped():
@@ -35,12 +36,13 @@ def test_shipped_recipe_validates(path):
     assert result.exit_code == 0, result.output
     assert "ok (recipe)" in result.output
     text = path.read_text()
-    assert text.startswith("#") and "cai train recipes/" in text and "--set" in text  # the header
+    assert text.startswith("#") and f"cai train {path.stem}" in text and "--set" in text  # the header
 
 
 def test_gpu_recipe_keeps_its_settings():
     recipe = load_recipe(REPO / "recipes" / "zephyr_cai_mistral7b.yaml")
-    assert recipe.processes == 8 and recipe.accelerate_config and Path(recipe.accelerate_config).is_file()
+    assert recipe.processes == 8 and recipe.accelerate_config == "deepspeed_zero3"  # a shipped name
+    assert resolve_yaml(recipe.accelerate_config, ("accelerate config",)).is_file()
     assert recipe.sft.full_finetune and recipe.dpo.full_finetune
     assert trl_config(recipe, "dpo").beta == pytest.approx(0.01)
     assert trl_config(recipe, "sft").learning_rate == pytest.approx(2e-5)

@@ -256,7 +256,7 @@ def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monke
     assert _changed(_weights(tiny_model_path), _weights(final))
     _chats(final)
     card = (final / "README.md").read_text()
-    assert "| 0 | harmless (`constitutions/harmless.yaml`) | `" in card and "not generated" not in card
+    assert "| 0 | harmless (`harmless`) | `" in card and "not generated" not in card  # the recipe names it
 
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import click
 
+from cai_kit import __version__
 from cai_kit.cli import authoring, files, generate, judge, train
 from cai_kit.cli import eval as eval_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(package_name="cai-kit")
+@click.version_option(version=__version__, prog_name="cai-kit")
 def main() -> None:
     """cai-kit: an open model critiques, revises and judges its own answers, then trains on them.
 
     \b
     Quickstart (CPU, embedded SmolLM2-135M-Instruct, no flags needed):
-      cai generate --constitution constitutions/harmless.yaml
-      cai train recipes/zephyr_cai.yaml
+      cai generate --constitution harmless
+      cai train zephyr_cai
     \b
     Edit constitutions:   cai ls; cai cp harmless my.yaml; cai validate my.yaml
     """

@@ -57,7 +57,13 @@ def schema_command(kind: str) -> None:
 
 @click.command(name="try")
 @click.argument("prompt")
-@click.option("--constitution", "-c", required=True, type=click.Path(path_type=Path), help="Constitution YAML file.")
+@click.option(
+    "--constitution",
+    "-c",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Constitution: a YAML file, or a shipped name (`cai ls`).",
+)
 @click.option("--principle", "-P", help="Use this principle in every round.  [default: sampled by weight]")
 @click.option(
     "--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id."
@@ -78,7 +84,7 @@ def try_command(prompt: str, constitution: Path, principle: str | None, category
 
     \b
     Example:
-      cai try -c constitutions/harmless.yaml "how do I pick a lock?"
+      cai try -c harmless "how do I pick a lock?"
       cai try -c my.yaml "how do I pick a lock?" --principle crime --rounds 2
     """
     from cai_kit.authoring.try_prompt import format_trace, try_prompt
@@ -93,13 +99,13 @@ def try_command(prompt: str, constitution: Path, principle: str | None, category
 @click.argument("new", type=click.Path(path_type=Path))
 @usage_errors
 def diff_command(old: Path, new: Path) -> None:
-    """Show what changed from constitution OLD to NEW, principle by principle.
+    """Show what changed from constitution OLD to NEW (files, or shipped names), principle by principle.
 
     Principles match by name; text changes show as a word diff, [-removed-]{+added+}.
 
     \b
     Example:
-      cai diff constitutions/harmless.yaml my_harmless.yaml
+      cai diff harmless my_harmless.yaml
     """
     from cai_kit.authoring.constitution_diff import diff_constitutions
     from cai_kit.core.constitution import load_constitution

@@ -65,7 +65,7 @@ E = EvalOptions
 @click.option(
     "--constitution",
     "-c",
-    help="Constitution whose judge questions the helpful judge asks. [default: constitutions/helpful.yaml]",
+    help="Constitution (a file or a shipped name) whose judge questions the helpful judge asks. [default: helpful]",
 )
 @click.option("--engine", default=default(E, "engine"), help="transformers, vllm, openai or auto.")
 @engine_flags

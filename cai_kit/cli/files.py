@@ -4,14 +4,16 @@ the stack's versions. Registered on the main group in cli/__init__.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from cai_kit.core.errors import UsageError, usage_errors
-from cai_kit.core.shipped import shipped_dir
+from cai_kit.core.shipped import find_shipped, named_dir, not_shipped, resolve_yaml, shipped_names
 
-BUNDLED = {kind: shipped_dir(kind) for kind in ("constitutions", "recipes")}
+# The kinds `cai validate`, `cai ls` and `cai cp` take by name, searched in this order.
+NAMED_KINDS = ("constitution", "recipe")
 # Top-level keys only a recipe has: a file with none of them (and no `principles`) is read as a constitution,
 # so a constitution whose `principles` key is misspelt is told so, not checked as a recipe.
 RECIPE_KEYS = {"model", "output_dir", "seed", "stages", "generate", "data", "sft", "dpo", "eval", "rounds"}
@@ -25,30 +27,32 @@ def is_constitution(data: object) -> bool:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @usage_errors
 def validate(files: tuple[Path, ...]) -> None:
-    """Check constitution or recipe files without loading a model; every problem at once.
+    """Check constitution or recipe files, or shipped ones by name, without loading a model; every problem at once.
 
     \b
     Example:
-      cai validate constitutions/harmless.yaml recipes/zephyr_cai.yaml
+      cai validate my_constitution.yaml my_recipe.yaml
+      cai validate harmless zephyr_cai
     """
     from cai_kit.core.config_file import read_yaml
 
     problems: list[str] = []
-    for path in files:
+    for spec in files:
         try:
+            path = resolve_yaml(spec, NAMED_KINDS)
             data, _ = read_yaml(path)
             if is_constitution(data):
                 from cai_kit.core.constitution import load_constitution
 
                 constitution = load_constitution(path)
                 click.echo(
-                    f"{path}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)"
+                    f"{spec}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)"
                 )
             else:
                 from cai_kit.training.recipe import load_recipe
 
                 load_recipe(path)
-                click.echo(f"{path}: ok (recipe)")
+                click.echo(f"{spec}: ok (recipe)")
         except UsageError as err:
             problems.extend(err.problems)
     if problems:
@@ -57,7 +61,7 @@ def validate(files: tuple[Path, ...]) -> None:
 
 @click.command(name="ls")
 def list_bundled() -> None:
-    """List the shipped constitutions and recipes.
+    """List the shipped constitutions and recipes: every command takes them by name.
 
     \b
     Example:
@@ -65,12 +69,13 @@ def list_bundled() -> None:
     """
     from cai_kit.core.config_file import read_yaml
 
-    for kind, folder in BUNDLED.items():
-        click.echo(f"{kind}:")
-        for path in sorted(folder.glob("*.yaml")):
+    for kind in NAMED_KINDS:
+        click.echo(f"{kind}s:")
+        for name in shipped_names(kind):
+            path = named_dir(kind) / f"{name}.yaml"
             data, _ = read_yaml(path)
-            about = (data or {}).get("description", "") if kind == "constitutions" else _header(path)
-            click.echo(f"  {path.stem:<24} {about}")
+            about = (data or {}).get("description", "") if kind == "constitution" else _header(path)
+            click.echo(f"  {name:<24} {about}")
 
 
 def _header(path: Path) -> str:
@@ -82,28 +87,43 @@ def _header(path: Path) -> str:
 
 @click.command(name="cp")
 @click.argument("name")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())
+@click.option("--force", is_flag=True, help="Overwrite the file at DEST if there is one.")
 @usage_errors
-def copy_bundled(name: str, dest: Path) -> None:
-    """Copy a shipped constitution or recipe to DEST so you can edit it.
+def copy_bundled(name: str, dest: str, force: bool) -> None:
+    """Copy the shipped constitution or recipe NAME (see `cai ls`) to DEST, a file or a folder, so you can edit it.
+
+    Only shipped names are taken; an existing file is kept unless --force.
 
     \b
     Example:
       cai cp harmless my_constitution.yaml
+      cai cp tiny my_recipes/
     """
-    matches = [folder / f"{name}.yaml" for folder in BUNDLED.values() if (folder / f"{name}.yaml").is_file()]
-    if not matches:
-        raise UsageError(f"no shipped constitution or recipe named {name!r} (see `cai ls`)")
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest}: already exists; choose another name")
-    target = dest / matches[0].name if dest.is_dir() else dest
     from cai_kit.authoring.schema import schema_comment
+    from cai_kit.core.files import write_atomic
 
-    text = matches[0].read_text(encoding="utf-8")
+    found = find_shipped(name, NAMED_KINDS)
+    if found is None:  # a name, never a path: `cai cp` is not a general file copy
+        raise not_shipped(name, NAMED_KINDS, "not a shipped constitution or recipe name")
+    kind, source = found
+    folder = Path(dest)
+    if dest.endswith(("/", os.sep)) and not folder.is_dir():  # `my_recipes/` means a folder, not a file name
+        raise UsageError(f"{dest}: no such folder; create it first")
+    target = folder / source.name if folder.is_dir() else folder
+    if target.is_dir():
+        raise UsageError(f"{target}: is a folder; give a file name")
+    if target.exists() and not force:
+        raise UsageError(f"{target}: already exists; choose another name, or pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise UsageError(f"{target.parent}: no such folder; create it first")
+    text = source.read_text(encoding="utf-8")
     if text.startswith("# yaml-language-server:"):  # point the copy's editor at the schema from where it now is
-        kind = "constitution" if matches[0].parent == BUNDLED["constitutions"] else "recipe"
         text = schema_comment(kind, target) + text[text.index("\n") :]
-    target.write_text(text, encoding="utf-8")
+    try:
+        write_atomic(target, text)
+    except OSError as err:
+        raise UsageError(f"{target}: cannot write: {err.strerror or err}") from None
     click.echo(f"wrote {target}")
 
 

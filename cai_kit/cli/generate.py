@@ -14,7 +14,13 @@ G = GenerateOptions
 
 
 @click.command()
-@click.option("--constitution", "-c", required=True, type=click.Path(path_type=Path), help="Constitution YAML file.")
+@click.option(
+    "--constitution",
+    "-c",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Constitution: a YAML file, or a shipped name (`cai ls`).",
+)
 @click.option(
     "--prompts",
     "-p",
@@ -85,8 +91,8 @@ def generate(**kwargs) -> None:
 
     \b
     Example:
-      cai generate --constitution constitutions/harmless.yaml --limit 16 --out runs/demo
-      cai generate -c constitutions/helpful.yaml -p helpful -p my_prompts.jsonl --rounds 2
+      cai generate --constitution harmless --limit 16 --out runs/demo
+      cai generate -c my_constitution.yaml -p helpful -p my_prompts.jsonl --rounds 2
     """
     from cai_kit.engines import parse_engine_options
     from cai_kit.generation.generate import run_generate

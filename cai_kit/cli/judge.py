@@ -16,7 +16,10 @@ J = JudgeCheckOptions
 @click.command(name="judge-check")
 @click.option("--judge-model", default=default(J, "judge_model"), help="Judge model: 'default', a folder or a hub id.")
 @click.option(
-    "--constitution", "-c", help="Constitution whose judge questions are asked. [default: one general question]"
+    "--constitution",
+    "-c",
+    help="Constitution (a file or a shipped name) whose judge questions are asked. "
+    "[default: one general question]",
 )
 @click.option("--limit", type=click.IntRange(0), help="Pairs to judge, spread over the kinds; 0 or unset: all.")
 @click.option("--cot", is_flag=True, help="The judge reasons first; label probabilities clamped to 0.4-0.6.")
@@ -43,7 +46,7 @@ def judge_check(**kwargs) -> None:
     \b
     Example:
       cai judge-check --judge-model default
-      cai judge-check --judge-model my_judge_folder -c constitutions/harmless.yaml --cot --limit 30
+      cai judge-check --judge-model my_judge_folder -c harmless --cot --limit 30
     """
     from cai_kit.judging.judge_check import format_table, run_judge_check
 

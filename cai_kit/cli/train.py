@@ -29,12 +29,14 @@ def train(
     model_licence: tuple[str, ...],
     accept_licence_risk: bool,
 ) -> None:
-    """Run a recipe: generate, SFT, DPO, eval; finished stages are skipped and trainers resume on rerun.
+    """Run a recipe (a YAML file, or a shipped name: `cai ls`): generate, SFT, DPO, eval; finished stages are
+    skipped and trainers resume on rerun.
 
     \b
     Example:
-      cai train recipes/zephyr_cai.yaml
-      cai train recipes/tiny.yaml --set sft.trl.max_steps=4 --stages sft,dpo
+      cai train zephyr_cai
+      cai train tiny --set sft.trl.max_steps=4 --stages sft,dpo
+      cai train my_recipe.yaml
     """
     from cai_kit.licensing.licence_guard import parse_overrides
     from cai_kit.training.recipe import load_recipe, parse_stages

@@ -1,9 +1,9 @@
 """The constitution: the principles a model critiques and revises its own answers against.
 
 A constitution is a YAML file (see the docs, "Constitutions", and the shipped ones in
-`constitutions/`). The critique/revision loop it drives follows Bai et al. 2022, "Constitutional AI:
-Harmlessness from AI Feedback": for each prompt and round one principle is sampled, the model
-critiques its last answer by it, then rewrites the answer.
+`constitutions/`, which every command also takes by name, e.g. `harmless`). The critique/revision loop
+it drives follows Bai et al. 2022, "Constitutional AI: Harmlessness from AI Feedback": for each prompt
+and round one principle is sampled, the model critiques its last answer by it, then rewrites the answer.
 
 Principle text is plain text, never a template: the wrapping text lives in `cai_kit/prompts/`.
 """
@@ -21,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cai_kit.core.config_file import load_config
 from cai_kit.core.errors import UsageError
+from cai_kit.core.shipped import resolve_yaml
 
 JINJA_MARKERS = ("{{", "{%", "{#")
 
@@ -207,8 +208,10 @@ def _details(err: ValidationError) -> list[InitErrorDetails]:
     return [_problem(error["type"], error["msg"], error["loc"], error["input"]) for error in err.errors()]
 
 
-def load_constitution(path: str | Path) -> Constitution:
-    """Read and validate a constitution file; raise UsageError listing every problem as `file:line: key: message`."""
+def load_constitution(spec: str | Path) -> Constitution:
+    """Read and validate a constitution file, or a shipped one by name (`harmless`); raise UsageError listing
+    every problem as `file:line: key: message`."""
+    path = resolve_yaml(spec, ("constitution",))
     constitution, _ = load_config(path, Constitution)
     constitution._path = str(path)
     constitution._sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()

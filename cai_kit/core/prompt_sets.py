@@ -119,7 +119,7 @@ def _read(spec: str) -> tuple[str, Iterable[tuple[str, Any]]]:
     if spec in SHIPPED:
         path = shipped_file("data", SHIPPED[spec].removeprefix("data/"))
         if not path.is_file():
-            raise UsageError(f"{SHIPPED[spec]}: shipped set '{spec}' not found (data/ comes with a source checkout)")
+            raise UsageError(f"{path}: shipped set '{spec}' is missing from this install; reinstall cai-kit")
         return SHIPPED[spec], _read_file(SHIPPED[spec], path)
     path = Path(spec).expanduser()
     if path.is_dir():

@@ -6,12 +6,13 @@ renames often: `max_seq_length`, `warmup_ratio`, `max_prompt_length` all went) f
 `cai validate`, with its file and line, not an hour into a run.
 
 Relative paths in a recipe (constitutions, data files, output_dir, accelerate_config) are relative
-to the directory `cai` runs in, as they are for `cai generate`.
+to the directory `cai` runs in, as they are for `cai generate`. Constitutions and accelerate configs may
+also be shipped names (`harmless`, `deepspeed_zero3`: core/shipped.py), so the shipped recipes run
+anywhere, and `cai train tiny` finds the shipped recipe itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import types
 import typing
@@ -19,14 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from cai_kit.core.config_file import KeyPath, format_key_path, line_of, read_yaml, validation_problems
 from cai_kit.core.errors import UsageError
-from cai_kit.core.precision import Precision, training_precision
+from cai_kit.core.precision import Precision
+from cai_kit.core.shipped import resolve_yaml
 from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
 from cai_kit.evaluation.options import EvalSettings
 from cai_kit.generation.options import GenerateOptions
+from cai_kit.training.trl_options import build_trl_config, precision_of
 
 Stage = Literal["generate", "sft", "dpo", "eval"]
 STAGES: tuple[Stage, ...] = ("generate", "sft", "dpo", "eval")
@@ -36,15 +39,6 @@ RECIPE_OWNED = {"model": "set once, by the recipe's top-level 'model'",
                 "out": "set by the recipe (output_dir/generate/<index>-<constitution>)",
                 "model_licences": "set once, by the recipe's top-level 'model_licences'",
                 "accept_licence_risk": "set once, by the recipe's top-level 'accept_licence_risk'"}
-# TRL and transformers options that went away, with what replaced them; difflib cannot guess these.
-RENAMED = {
-    "max_seq_length": "'max_length'",
-    "max_prompt_length": "'max_length' (TRL no longer truncates prompts separately)",
-    "warmup_ratio": "'warmup_steps' (a value below 1 is a fraction of the steps)",
-    "evaluation_strategy": "'eval_strategy'",
-    "torch_dtype": "'model_init_kwargs: {dtype: ...}'",
-    "no_cuda": "'use_cpu'",
-}
 
 
 class Lora(BaseModel):
@@ -151,6 +145,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
     This builds `trl.SFTConfig` and `trl.DPOConfig` from the `trl` sections, but loads no model.
     """
+    path = resolve_yaml(path, ("recipe",))
     data, lines = read_yaml(path)
     if data is None:
         data = {}
@@ -171,7 +166,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         seed = recipe.seed if recipe else 0
         trust = recipe.trust_remote_code if recipe else False
         problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}"
-                     for key, message in _build(stage, given if isinstance(given, dict) else {}, seed, trust,
+                     for key, message in build_trl_config(stage, given if isinstance(given, dict) else {}, seed, trust,
                                                 Path(output_dir))[1]]
     # Files and engines are checked on the raw data, so they show even when the schema has problems too.
     problems += _file_problems(path, data, lines) + _engine_problems(path, data, lines)
@@ -283,15 +278,29 @@ def _list(value: Any) -> list[Any]:
 
 def _file_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
     """Files the recipe names that do not exist (read from the raw data: a schema problem elsewhere must not
-    hide them)."""
-    checks: list[tuple[KeyPath, Any]] = [(("accelerate_config",), data.get("accelerate_config"))]
+    hide them). Constitutions and accelerate configs may be shipped names."""
+    checks: list[tuple[KeyPath, Any]] = []
     section = data.get("data")
     section = section if isinstance(section, dict) else {}
     for kind in ("sft", "prefs"):
         checks += [(("data", kind, index, "path"), item.get("path") if isinstance(item, dict) else None)
                    for index, item in enumerate(_list(section.get(kind)))]
-    return [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
-            for key, file in checks if isinstance(file, str) and not Path(file).is_file()]
+    problems = [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: file not found: {file}"
+                for key, file in checks if isinstance(file, str) and not Path(file).is_file()]
+    named: list[tuple[KeyPath, Any, str]] = [
+        (("accelerate_config",), data.get("accelerate_config"), "accelerate config")]
+    named += [(("generate", index, "constitution"), run.get("constitution"), "constitution")
+              for index, run in enumerate(_list(data.get("generate"))) if isinstance(run, dict)]
+    if isinstance(data.get("eval"), dict):
+        named.append((("eval", "constitution"), data["eval"].get("constitution"), "constitution"))
+    for key, spec, kind in named:
+        if not isinstance(spec, str):
+            continue
+        try:
+            resolve_yaml(spec, (kind,))
+        except UsageError as err:
+            problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {line}" for line in err.problems]
+    return problems
 
 
 def _engine_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:
@@ -312,15 +321,11 @@ def _engine_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath
     return problems
 
 
-def trl_config_class(stage: str) -> type:
-    from trl import DPOConfig, SFTConfig
-
-    return SFTConfig if stage == "sft" else DPOConfig
-
-
 def trl_config(recipe: Recipe, stage: str) -> Any:
     """Build the `trl.SFTConfig` / `trl.DPOConfig` for a stage; raise UsageError naming the key on failure."""
-    config, problems = _build(stage, getattr(recipe, stage).trl, recipe.seed, recipe.trust_remote_code, recipe.out)
+    config, problems = build_trl_config(
+        stage, getattr(recipe, stage).trl, recipe.seed, recipe.trust_remote_code, recipe.out
+    )
     if problems:
         raise UsageError([f"{format_key_path(key)}: {message}" for key, message in problems])
     return config
@@ -328,64 +333,4 @@ def trl_config(recipe: Recipe, stage: str) -> Any:
 
 def stage_precision(recipe: Recipe, stage: str) -> Precision:
     """The precision a stage trains in: its `trl.bf16` (true, false, or auto/absent: the hardware's choice)."""
-    return _precision(getattr(recipe, stage).trl)
-
-
-def _precision(trl: dict[str, Any]) -> Precision:
-    return training_precision(trl.get("bf16", "auto"), fp16=trl.get("fp16") is True)
-
-
-def _build(stage: str, given: dict[str, Any], seed: int, trust_remote_code: bool,
-           out: Path) -> tuple[Any, list[tuple[KeyPath, str]]]:
-    """Build a stage's TRL config from the recipe's `trl` options; return (config or None, problems)."""
-    import torch
-
-    config_class = trl_config_class(stage)
-    fields = {field.name for field in dataclasses.fields(config_class) if field.init}
-    hints = typing.get_type_hints(config_class)
-    values: dict[str, Any] = {"seed": seed, "trust_remote_code": trust_remote_code}
-    if not torch.cuda.is_available():
-        # transformers refuses bf16 on a host without a GPU unless `use_cpu` is set, and there CPU is the
-        # only choice anyway. (So a GPU recipe also validates on a laptop.)
-        values["use_cpu"] = True
-    problems: list[tuple[KeyPath, str]] = []
-    try:  # `bf16: auto` (or no bf16): resolved here, so TRL sees true or false (TRL's own default is true)
-        values["bf16"] = _precision(given).bf16
-    except ValueError as err:
-        problems.append(((stage, "trl", "bf16"), str(err)))
-    for key, value in given.items():
-        key_path: KeyPath = (stage, "trl", key)
-        if key == "bf16":
-            continue
-        if key == "output_dir":
-            problems.append((key_path, f"set by cai-kit ({out / stage / 'checkpoints'}); set output_dir instead"))
-        elif key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.7)
-            hint = (f" (renamed: use {RENAMED[key]})" if key in RENAMED
-                    else f" (did you mean '{close[0]}'?)" if close else "")
-            problems.append((key_path, f"not an option of trl.{config_class.__name__}{hint}"))
-        else:
-            # Dataclasses do not check types, and YAML reads `2e-5` as a string: coerce here, or TRL
-            # would carry the string into the optimizer.
-            try:
-                values[key] = TypeAdapter(hints[key]).validate_python(value)
-            except ValidationError as err:
-                quote = " (YAML reads no/yes/off/on as booleans: quote it, 'no')" if isinstance(value, bool) else ""
-                problems.append((key_path, f"{err.errors()[0]['msg']} (got {value!r}){quote}"))
-    values["output_dir"] = str(out / stage / "checkpoints")
-    try:
-        # Built even after a problem above (the good keys only), so its own complaints show too.
-        config = config_class(**{key: value for key, value in values.items() if (stage, "trl", key) not in
-                                 {key_path for key_path, _ in problems}})
-    except (TypeError, ValueError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return None, [*problems, (_blame(stage, given, message), message)]
-    return (None if problems else config), problems
-
-
-def _blame(stage: str, given: dict[str, Any], message: str) -> KeyPath:
-    """Point a config error at the key it names (by key or by value), else at the `trl` section."""
-    for key, value in given.items():
-        if key in message or (isinstance(value, str) and value and value in message):
-            return (stage, "trl", key)
-    return (stage, "trl")
+    return precision_of(getattr(recipe, stage).trl)

@@ -33,6 +33,7 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.core.files import write_jsonl
+from cai_kit.core.shipped import resolve_yaml
 from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.data_mix import Source, describe, mix
 from cai_kit.training.log import log
@@ -311,7 +312,7 @@ def launch(recipe: Recipe, stage: str) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(recipe.processes),
                "--num_machines", "1", "--main_process_port", str(_free_port())]
     if recipe.accelerate_config:
-        command += ["--config_file", recipe.accelerate_config]
+        command += ["--config_file", str(resolve_yaml(recipe.accelerate_config, ("accelerate config",)))]
     else:
         # accelerate reaches torchrun through --multi_gpu; on a host without GPUs the trainer's
         # `use_cpu` turns each process into a CPU rank, and the ranks talk over gloo.
