@@ -2,11 +2,12 @@
 
 One HTTP request per conversation, up to `max_concurrency` in flight, so the server's own continuous
 batching does the batching (and its prefix cache shares the few-shot prefix). Each request goes to
-the base URL with the fewest requests in flight. Connection errors, timeouts, 429 and 5xx are
-retried with exponential backoff. A URL that stops answering is avoided while another answers; when
-a request has spent its retries and no URL answers, the run stops with one line (the rows finished
-so far are on disk, and rerunning the command resumes). Any other failure of one request becomes an
-error completion, which `cai generate` writes as an error row and generates again on the next run.
+the base URL with the fewest requests in flight. Connection errors, timeouts, 429, 5xx and answers
+that are not JSON are retried with exponential backoff, each retry said on stderr with when it gives
+up. A URL that stops answering is avoided while another answers; when a request has spent its
+retries and no URL answers, the run stops with one line (the rows finished so far are on disk, and
+rerunning the command resumes). Any other failure of one request becomes an error completion, which
+`cai generate` stops on with one line, or with `--on-error skip` writes as an error row.
 
 Plain HTTP from the standard library, so this engine needs no extra. The API key is read from the
 environment variable named by `api_key_env` and is never printed.
@@ -76,8 +77,8 @@ class OpenAIEngine:
         served_model_name: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 16,
-        timeout: float = 600.0,
-        retries: int = 4,
+        timeout: float = 120.0,  # per request; with the retries a dead server is given up on within ~8 min
+        retries: int = 3,
         backoff: float = 1.0,
         tokenizer: str | None = None,
         extra_body: dict[str, Any] | None = None,
@@ -86,11 +87,8 @@ class OpenAIEngine:
         progress: bool = True,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or [])
-        problems = [
-            f"engine 'openai': base URL {u!r} must start with http:// or https://"
-            for u in urls
-            if not str(u).startswith(("http://", "https://"))
-        ]
+        problems = [f"engine 'openai': base URL {u!r} must start with http:// or https://"
+                    for u in urls if not str(u).startswith(("http://", "https://"))]
         if not urls:
             problems.append("engine 'openai': give at least one --base-url")
         for name, value, low in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0)):
@@ -120,6 +118,7 @@ class OpenAIEngine:
         self._failing: set[str] = set()  # refused a connection lately: used only when no other URL answers
         self._dead: set[str] = set()  # refused every retry of a request: not used again in this run
         self._plain = False  # the server rejected EXTENSIONS
+        self._said_retry = float("-inf")  # when a retry was last said (one line per 30 s, not per request)
         self.model_name = served_model_name or model
         self._check_servers()
 
@@ -180,8 +179,8 @@ class OpenAIEngine:
             raise _Retryable(f"no answer within {timeout or self.timeout:g} s") from None
         except (ConnectionError, http.client.HTTPException) as err:
             raise _Unreachable(type(err).__name__) from None
-        except json.JSONDecodeError:
-            raise _Rejected(200, "the answer is not JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a proxy's error page, a server mid-restart
+            raise _Retryable("HTTP 200 but the answer is not JSON") from None
 
     def _acquire(self) -> str:
         """The live URL with the fewest requests in flight, preferring ones that have not failed lately."""
@@ -197,10 +196,8 @@ class OpenAIEngine:
         with self._lock:
             others = [u for u in self.urls if u != url and u not in self._dead and u not in self._failing]
             if url not in self._failing and others:
-                print(
-                    f"openai engine: {url} stopped answering ({reason}); going on with {len(others)} other URL(s)",
-                    file=sys.stderr,
-                )
+                print(f"openai engine: {url} stopped answering ({reason}); going on with {len(others)} other URL(s)",
+                      file=sys.stderr)
             self._failing.add(url)
             if final:  # this request waited through every retry and the URL still does not answer
                 self._dead.add(url)
@@ -216,9 +213,11 @@ class OpenAIEngine:
             except _Unreachable as err:
                 last = f"{url}: {err}"
                 self._unreachable(url, str(err), final=attempt == self.retries)
+                self._say_retry(last, attempt)
                 continue
             except _Retryable as err:
                 last = f"{url}: {err}"
+                self._say_retry(last, attempt)
                 continue
             finally:
                 with self._lock:
@@ -229,7 +228,20 @@ class OpenAIEngine:
         with self._lock:
             if len(self._dead) == len(self.urls):
                 raise _AllGone(last)
-        raise _Failed(f"failed after {self.retries + 1} tries: {last}")
+        raise _Failed(f"failed after {self.retries + 1} tr{'y' if self.retries == 0 else 'ies'}: {last}")
+
+    def _say_retry(self, reason: str, attempt: int) -> None:
+        """A progress line on stderr: which try failed, and how long the request may still take before it fails."""
+        left = self.retries - attempt
+        if not left:
+            return
+        most = sum(min(self.backoff * 2**k, 60.0) for k in range(attempt, self.retries)) + left * self.timeout
+        with self._lock:
+            if time.monotonic() - self._said_retry < 30.0:
+                return
+            self._said_retry = time.monotonic()
+        print(f"openai engine: {reason} (try {attempt + 1} of {self.retries + 1}); retrying, giving up after "
+              f"{left} more tr{'y' if left == 1 else 'ies'} (at most {most:.0f} s)", file=sys.stderr)
 
     def _map(self, work: Callable[[int], Any], count: int, unit: str) -> list[Any]:
         """Run `work(k)` for every k with up to max_concurrency in flight; results in input order."""
