@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cai_kit.core.errors import UsageError
+from cai_kit.core.errors import UsageError, disk_errors_in
 from cai_kit.core.files import write_atomic, write_jsonl
 from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.checkpoints import SaveMarker, newest_complete
@@ -168,11 +168,12 @@ def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) 
     if is_complete(folder):
         log(f"{stage}: complete, skipped (delete {folder} to train it again)")
         return
-    prepare_data(recipe, stage)
-    if recipe.processes > 1:
-        launch(recipe, stage)
-    else:
-        fit(recipe, stage, callbacks)
+    with disk_errors_in(folder):  # a full disk while saving data or a checkpoint: one line naming the folder
+        prepare_data(recipe, stage)
+        if recipe.processes > 1:
+            launch(recipe, stage)
+        else:
+            fit(recipe, stage, callbacks)
     if not is_complete(folder):
         raise UsageError(f"{stage}: training ended without a model in {folder / 'model'}; see the log above")
 
@@ -284,7 +285,8 @@ def merge_adapter(base: str, adapter: Path, target: Path, dtype: Any, trust_remo
 
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base
     staged = target.with_name(f".{target.name}.partial")
