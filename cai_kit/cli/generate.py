@@ -86,7 +86,8 @@ G = GenerateOptions
 @click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @licence_flags("--model's")
-@usage_errors(resume="the rows finished so far are kept: rerun the same command with the same --out to resume")
+@usage_errors(resume="the rows finished so far are kept: rerun the same command, with --out set to the folder named "
+              "above, to resume")
 def generate(**kwargs) -> None:
     """Answer prompts, critique and revise the answers against a constitution, write SFT and preference data.
 

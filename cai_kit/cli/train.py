@@ -21,7 +21,8 @@ from cai_kit.core.errors import usage_errors
 )
 @click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
 @licence_flags("the recipe model's")
-@usage_errors
+@usage_errors(resume="finished stages, generated rows and complete checkpoints are kept: rerun the same command "
+              "to resume")
 def train(
     recipe: Path,
     overrides: tuple[str, ...],
