@@ -1,18 +1,21 @@
-"""A full disk or a read-only folder: one line naming the path and what to do, exit status 2, no temporary
+"""A full disk, a read-only or a forbidden folder: one line naming the path and what to do, exit status 2, no temporary
 file left behind, and a rerun after freeing space resumes cleanly.
 
 The disks are small tmpfs mounts made by the tests (`mount -t tmpfs -o size=...`, which needs root with
 CAP_SYS_ADMIN: without it the tests skip and say why). Runs as root ignore file modes, so a read-only
 folder is a tmpfs remounted read-only rather than a chmod. Generation talks to the fake OpenAI-compatible
 server of tests/fake_openai_server.py, so no model is loaded; the training test runs recipes/tiny.yaml.
+Permission denied is tested by running the CLI as `nobody` (setpriv), since root may write anywhere.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,30 @@ def test_full_disk_while_training_is_one_line_and_a_rerun_resumes(tmp_path, tmpf
     assert "generate[0]: complete, skipped" in rerun.stderr and "generate[1]: complete, skipped" in rerun.stderr
     assert "(incomplete: " in rerun.stderr, "the checkpoint the full disk cut short is skipped"
     assert (disk / "run" / "sft" / ".complete").is_file()
+
+
+def test_permission_denied_folder_is_one_line(fake):
+    """Root writes anywhere, so the CLI runs as `nobody` (setpriv) against a folder only root may write to."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the CLI as another user")
+    probe = subprocess.run([*nobody, "-c", "import cai_kit"], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "HOME": "/tmp"})
+    if probe.returncode:
+        pytest.skip(f"`nobody` cannot run this Python: {probe.stderr.strip()[-200:]}")
+    locked = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        locked.chmod(0o555)  # nobody may enter it, not write in it
+        url, _, _ = fake()
+        args = ["-m", "cai_kit.cli", "generate", "-c", str(CONSTITUTION), "-p", "red_team", "--limit", "2", "-m",
+                "m", "-o", str(locked / "out"), "--engine", "openai", "--base-url", url]
+        result = subprocess.run([*nobody, *args], capture_output=True, text=True, cwd=REPO, timeout=120,
+                                env={**os.environ, "HOME": "/tmp"})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert error_lines(result) == [
+            f"error: {locked / 'out'}: permission denied: choose an output folder you can write to, or fix its "
+            "permissions"
+        ]
+    finally:
+        locked.chmod(0o755)
+        shutil.rmtree(locked)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cai_kit.cli.flags import licence_flags
-from cai_kit.core.errors import usage_errors
+from cai_kit.core.errors import disk_errors_in, usage_errors
 
 
 @click.command()
@@ -43,7 +43,8 @@ def train(
 
     loaded = load_recipe(recipe, overrides + (("accept_licence_risk=true",) if accept_licence_risk else ()))
     loaded.model_licences.update(parse_overrides(model_licence, loaded.model))
-    click.echo(run_train(loaded, parse_stages(stages) if stages else None))
+    with disk_errors_in(loaded.out):  # a full disk that names no file is said to be under output_dir
+        click.echo(run_train(loaded, parse_stages(stages) if stages else None))
 
 
 @click.command(name="licence")

@@ -42,7 +42,11 @@ class _Unreachable(Exception):
 
 
 class _Retryable(Exception):
-    """A timeout, 429 or 5xx: the same request may work a moment later."""
+    """A timeout, 429, 5xx or an answer that is not JSON: the same request may work a moment later."""
+
+
+class _NotJson(_Retryable):
+    """HTTP 200 with a body that is not JSON (a proxy's error page, a server mid-restart)."""
 
 
 class _Rejected(Exception):
@@ -131,15 +135,15 @@ class OpenAIEngine:
                 listing = self._send(url, "/models", None, timeout=min(self.timeout, 30.0))
                 served |= {str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)}
             except _Unreachable as err:
-                problems.append(
-                    f"engine 'openai': no server answers at {url} ({err}); start one first "
-                    "(e.g. `vllm serve MODEL`) or fix --base-url"
-                )
+                problems.append(f"engine 'openai': no server answers at {url} ({err}); start one first "
+                                "(e.g. `vllm serve MODEL`) or fix --base-url")
             except _Rejected as err:
                 if err.status in (401, 403):
                     key = f"the key in {self.api_key_env}" if self.api_key else f"no key ({self.api_key_env} is unset)"
                     problems.append(f"engine 'openai': the server at {url} refused {key} (HTTP {err.status})")
                 # other answers (a server without /models) do not stop the run
+            except _NotJson:
+                pass  # nor does a /models that is not JSON: the requests themselves will say
             except _Retryable as err:
                 problems.append(f"engine 'openai': the server at {url} is not ready ({err}); try again shortly")
         if problems:
@@ -149,10 +153,8 @@ class OpenAIEngine:
             raise UsageError(f"engine 'openai': pass --model as the server names it ({listed})")
         known = served | {name.removesuffix(":latest") for name in served}  # Ollama's implicit tag
         if served and self.model_name not in known and not Path(self.model_name).is_dir():
-            raise UsageError(
-                f"engine 'openai': the server does not serve {self.model_name!r}; "
-                f"it serves: {', '.join(sorted(served))} (pass one as --model)"
-            )
+            raise UsageError(f"engine 'openai': the server does not serve {self.model_name!r}; "
+                             f"it serves: {', '.join(sorted(served))} (pass one as --model)")
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -179,8 +181,8 @@ class OpenAIEngine:
             raise _Retryable(f"no answer within {timeout or self.timeout:g} s") from None
         except (ConnectionError, http.client.HTTPException) as err:
             raise _Unreachable(type(err).__name__) from None
-        except (json.JSONDecodeError, UnicodeDecodeError):  # a proxy's error page, a server mid-restart
-            raise _Retryable("HTTP 200 but the answer is not JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _NotJson("HTTP 200 but the answer is not JSON") from None
 
     def _acquire(self) -> str:
         """The live URL with the fewest requests in flight, preferring ones that have not failed lately."""
@@ -314,12 +316,9 @@ class OpenAIEngine:
     def _go_plain(self, err: _Rejected) -> None:
         with self._lock:
             if not self._plain:
-                print(
-                    f"openai engine: the server does not take vllm's extra fields ({err.detail[:120]}); "
-                    "repetition_penalty is not sent, and prefilled replies go through /v1/completions with "
-                    "the chat template applied here",
-                    file=sys.stderr,
-                )
+                print(f"openai engine: the server does not take vllm's extra fields ({err.detail[:120]}); "
+                      "repetition_penalty is not sent, and prefilled replies go through /v1/completions with "
+                      "the chat template applied here", file=sys.stderr)
             self._plain = True
 
     def _reply_from_text(self, conversation: Conversation, params: GenParams, seed: int) -> Completion:

@@ -25,7 +25,7 @@ class StopOnError:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.model_name = engine.model_name
+        self.model_name = getattr(engine, "model_name", "")
 
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
         replies = self.engine.generate(conversations, params)

@@ -4,7 +4,7 @@ The Zephyr recipe (Tunstall et al. 2023) with the model as its own teacher: SFT 
 answers, then DPO (Rafailov et al. 2023) on revision-over-first-answer pairs (Bai et al. 2022).
 LoRA by default, so the DPO reference is the same weights with the adapter switched off and only
 one copy of the model sits in memory. A finished stage leaves a `.complete` marker and is skipped
-on rerun; an interrupted trainer resumes from its last `checkpoint-*`.
+on rerun; an interrupted trainer resumes from its newest complete `checkpoint-*` (training/checkpoints.py).
 
     output_dir/recipe.yaml            the recipe as run (with --set overrides)
     output_dir/generate/<i>-<name>/   one `cai generate` folder per run
