@@ -172,3 +172,21 @@ def test_permission_denied_folder_is_one_line(fake):
     finally:
         locked.chmod(0o755)
         shutil.rmtree(locked)
+
+
+def test_a_full_disk_reported_as_something_else_becomes_one_disk_error(tmp_path):
+    """torch.save and safetensors report a full disk in their own words; other errors pass unchanged."""
+    from cai_kit.core.errors import disk_errors_in, disk_problem
+
+    with pytest.raises(OSError) as err:
+        with disk_errors_in(tmp_path):
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    assert disk_problem(err.value) == f"{tmp_path}: " + (
+        "no space left on the device: free some space and rerun the same command (what was finished is kept and the "
+        "run resumes)")
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # a write failure on a disk with room: not ENOSPC
+        with disk_errors_in(tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 35139 vs 35092")
+    with pytest.raises(ValueError):
+        with disk_errors_in(tmp_path):
+            raise ValueError("something else")

@@ -51,6 +51,8 @@ def disk_errors_in(folder: Path) -> Iterator[None]:
         if err.errno in DISK_ERRORS and not err.filename:
             raise OSError(err.errno, err.strerror, str(folder)) from err
         raise
+    except UsageError:
+        raise
     except Exception as err:
         text = str(err)
         written = any(mark in text for mark in ("unexpected pos", "file write failed", "PytorchStreamWriter"))
