@@ -352,7 +352,9 @@ def test_changed_constitution_is_refused_unless_force_new(setup):
 
 
 def test_error_rows_are_kept_then_retried(setup):
-    out = run_generate(options(setup), engine=ScriptedEngine(finish="error"))
+    with pytest.raises(UsageError, match="a request failed .* rerun the same command to resume"):
+        run_generate(options(setup), engine=ScriptedEngine(finish="error"))  # on_error: stop, the default
+    out = run_generate(options(setup, on_error="skip"), engine=ScriptedEngine(finish="error"))
     assert all(r["status"].startswith("error") for r in read(out / "generations.jsonl"))
     run_generate(options(setup), engine=ScriptedEngine())
     rows = read(out / "generations.jsonl")

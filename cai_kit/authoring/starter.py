@@ -22,9 +22,9 @@ def starter_path(name: str) -> Path:
 
 def new_constitution(name: str, force: bool = False) -> Path:
     """Write the starter constitution for `name`, atomically; refuse to overwrite unless `force`."""
-    path = starter_path(name)
-    if not path.stem.strip():
+    if not Path(name).name.strip() or not starter_path(name).stem.strip():  # '', ' ', 'folder/', '.yaml'
         raise UsageError(f"{name!r}: give the constitution a name, e.g. `cai constitution new kind`")
+    path = starter_path(name)
     if path.is_dir():
         raise UsageError(f"{path}: is a folder; give a file name")
     if path.exists() and not force:

@@ -41,6 +41,9 @@ def validate(files: tuple[Path, ...]) -> None:
         try:
             path = resolve_yaml(spec, NAMED_KINDS)
             data, _ = read_yaml(path)
+            if data is None:
+                raise UsageError(f"{path}:1: the file is empty (a constitution needs principles, a recipe generate "
+                                 "runs or data files)")
             if is_constitution(data):
                 from cai_kit.core.constitution import load_constitution
 

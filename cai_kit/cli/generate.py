@@ -82,10 +82,18 @@ G = GenerateOptions
 )
 @click.option("--push-to-hub", metavar="REPO", help="Upload the finished folder as a dataset repo (token: HF_TOKEN).")
 @click.option("--match-examples", is_flag=True, help="Show the sampled principle's own examples first (slower).")
+@click.option(
+    "--on-error",
+    type=click.Choice(["stop", "skip"]),
+    default=default(G, "on_error"),
+    help="A request the engine could not answer after its retries: stop the run (the rows so far are kept; rerun "
+    "to resume) or write its row as an error (never trained on) and go on.",
+)
 @click.option("--force-new", is_flag=True, help="Discard rows in --out written with another constitution or model.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @licence_flags("--model's")
-@usage_errors
+@usage_errors(resume="the rows finished so far are kept: rerun the same command, with --out set to the folder named "
+              "above, to resume")
 def generate(**kwargs) -> None:
     """Answer prompts, critique and revise the answers against a constitution, write SFT and preference data.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cai_kit.cli.flags import licence_flags
-from cai_kit.core.errors import usage_errors
+from cai_kit.core.errors import disk_errors_in, usage_errors
 
 
 @click.command()
@@ -21,7 +21,8 @@ from cai_kit.core.errors import usage_errors
 )
 @click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
 @licence_flags("the recipe model's")
-@usage_errors
+@usage_errors(resume="finished stages, generated rows and complete checkpoints are kept: rerun the same command "
+              "to resume")
 def train(
     recipe: Path,
     overrides: tuple[str, ...],
@@ -44,7 +45,8 @@ def train(
 
     loaded = load_recipe(recipe, overrides + (("accept_licence_risk=true",) if accept_licence_risk else ()))
     loaded.model_licences.update(parse_overrides(model_licence, loaded.model))
-    click.echo(run_train(loaded, parse_stages(stages) if stages else None))
+    with disk_errors_in(loaded.out):  # a full disk that names no file is said to be under output_dir
+        click.echo(run_train(loaded, parse_stages(stages) if stages else None))
 
 
 @click.command(name="licence")

@@ -41,6 +41,8 @@ def _line_map(
 def read_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
     """Parse a YAML file safely; return the data and a map from key path to line number."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise UsageError(f"{path}: file not found")
     try:

@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+# A folder that cannot be written: what to do about it, by errno (the path comes from the OSError).
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on the device: free some space and rerun the same command (what was finished "
+    "is kept and the run resumes)",
+    errno.EDQUOT: "over the disk quota: free some space and rerun the same command (what was finished is kept and "
+    "the run resumes)",
+    errno.EROFS: "the file system is read-only: choose an output folder on a writable one",
+    errno.EACCES: "permission denied: choose an output folder you can write to, or fix its permissions",
+    errno.EPERM: "not permitted: choose an output folder you can write to, or fix its permissions",
+}
+
 
 class UsageError(Exception):
     """Bad input from the user: a file, a flag, a model or server that cannot be used.
@@ -15,15 +33,54 @@ class UsageError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def usage_errors(func):
+def disk_problem(err: OSError) -> str | None:
+    """One line for a write that failed for want of space or rights, naming the path; None for other errors."""
+    if err.errno not in DISK_ERRORS:
+        return None
+    return f"{err.filename or 'a file'}: {DISK_ERRORS[err.errno]}"
+
+
+@contextlib.contextmanager
+def disk_errors_in(folder: Path) -> Iterator[None]:
+    """Name `folder` in disk errors that name no file, and turn a full disk that a library reports as something
+    else into OSError(ENOSPC): torch.save's zip writer raises RuntimeError ("unexpected pos ...", "file write
+    failed"), safetensors its own error quoting the OS error."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in DISK_ERRORS and not err.filename:
+            raise OSError(err.errno, err.strerror, str(folder)) from err
+        raise
+    except UsageError:
+        raise
+    except Exception as err:
+        text = str(err)
+        written = any(mark in text for mark in ("unexpected pos", "file write failed", "PytorchStreamWriter"))
+        if "No space left on device" in text or "code: 28" in text or (written and _nearly_full(folder)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from err
+        raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), Path("."))
+    return shutil.disk_usage(existing).free < 1 << 20
+
+
+def usage_errors(func=None, *, resume: str | None = None):
     """Turn UsageError into one line per problem on stderr and exit status 2, never a traceback.
 
-    Every `cai` command is wrapped in it, in cli.py and in the modules that hold more commands.
+    Every `cai` command is wrapped in it, in cli.py and in the modules that hold more commands. A write that
+    fails for want of space or rights (ENOSPC, EDQUOT, EROFS, EACCES, EPERM) is one line too. Ctrl-C
+    (SIGINT) ends with one line and exit status 130 instead of click's bare `Aborted!`; a command whose
+    work survives it passes `resume`, which that line says (how to pick the run up again).
     """
     import functools
     import sys
 
     import click
+
+    if func is None:
+        return functools.partial(usage_errors, resume=resume)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -33,5 +90,14 @@ def usage_errors(func):
             for line in err.problems:
                 click.echo(f"error: {line}", err=True)
             sys.exit(2)
+        except OSError as err:  # a full disk, a read-only or forbidden folder: one line, not a traceback
+            problem = disk_problem(err)
+            if problem is None:
+                raise
+            click.echo(f"error: {problem}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted (Ctrl-C){'; ' + resume if resume else ''}", err=True)
+            sys.exit(130)
 
     return wrapper

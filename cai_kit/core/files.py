@@ -23,9 +23,23 @@ def write_atomic(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno:  # name the file meant, not the temporary one (or none)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+def append_synced(path: Path, text: str) -> None:
+    """Append `text` to `path` and fsync it; a failed write (a full disk) names `path`. A line torn by a
+    failure or a kill is for the reader to cut off (`RunFolder.read_rows` does)."""
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def jsonl_text(rows: list[dict[str, Any]]) -> str:

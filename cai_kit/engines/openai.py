@@ -2,11 +2,12 @@
 
 One HTTP request per conversation, up to `max_concurrency` in flight, so the server's own continuous
 batching does the batching (and its prefix cache shares the few-shot prefix). Each request goes to
-the base URL with the fewest requests in flight. Connection errors, timeouts, 429 and 5xx are
-retried with exponential backoff. A URL that stops answering is avoided while another answers; when
-a request has spent its retries and no URL answers, the run stops with one line (the rows finished
-so far are on disk, and rerunning the command resumes). Any other failure of one request becomes an
-error completion, which `cai generate` writes as an error row and generates again on the next run.
+the base URL with the fewest requests in flight; connection errors, timeouts, 429, 5xx and answers
+that are not JSON are retried with exponential backoff (`servers.py`), each retry said on stderr with
+when it gives up. A URL that stops answering is avoided while another answers; when a request has spent its
+retries and no URL answers, the run stops with one line (the rows finished so far are on disk, and
+rerunning the command resumes). Any other failure of one request becomes an error completion, which
+`cai generate` stops on with one line, or with `--on-error skip` writes as an error row.
 
 Plain HTTP from the standard library, so this engine needs no extra. The API key is read from the
 environment variable named by `api_key_env` and is never printed. With `raw_prompt`, the last message is
@@ -15,14 +16,10 @@ the model's whole input (a guard prompt that `cai eval --safety-judge` renders):
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -30,35 +27,12 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
+from cai_kit.engines.servers import AllGone, Failed, NotJson, Rejected, Retryable, Servers, Unreachable
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 # vllm's (and SGLang's) additions to the chat API. Servers that keep to OpenAI's schema strictly
 # (`transformers serve`) reject them; the engine then drops them and prefills through /v1/completions.
 EXTENSIONS = ("repetition_penalty", "continue_final_message", "add_generation_prompt")
-
-
-class _Unreachable(Exception):
-    """No answer at all: connection refused, reset or dropped mid-reply."""
-
-
-class _Retryable(Exception):
-    """A timeout, 429 or 5xx: the same request may work a moment later."""
-
-
-class _Rejected(Exception):
-    """A 4xx answer other than 429: sending the same request again will not help."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status, self.detail = status, detail
-
-
-class _Failed(Exception):
-    """A request that failed after all its retries."""
-
-
-class _AllGone(Exception):
-    """Every base URL has stopped answering."""
 
 
 def _error(reason: str) -> Completion:
@@ -77,8 +51,8 @@ class OpenAIEngine:
         served_model_name: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 16,
-        timeout: float = 600.0,
-        retries: int = 4,
+        timeout: float = 120.0,  # per request; with the retries a dead server is given up on within ~8 min
+        retries: int = 3,
         backoff: float = 1.0,
         tokenizer: str | None = None,
         extra_body: dict[str, Any] | None = None,
@@ -88,11 +62,8 @@ class OpenAIEngine:
         raw_prompt: bool = False,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or [])
-        problems = [
-            f"engine 'openai': base URL {u!r} must start with http:// or https://"
-            for u in urls
-            if not str(u).startswith(("http://", "https://"))
-        ]
+        problems = [f"engine 'openai': base URL {u!r} must start with http:// or https://"
+                    for u in urls if not str(u).startswith(("http://", "https://"))]
         if not urls:
             problems.append("engine 'openai': give at least one --base-url")
         for name, value, low in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0)):
@@ -108,8 +79,9 @@ class OpenAIEngine:
             raise UsageError(problems)
         self.urls = [str(u).rstrip("/") for u in urls]
         self.api_key_env = api_key_env
-        self.max_concurrency, self.retries, self.backoff = max_concurrency, retries, backoff
+        self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
+        self.servers = Servers(self.urls, self.api_key, self.timeout, retries, backoff)
         self.tokenizer_source = tokenizer
         self.extra_body = dict(extra_body or {})
         self.trust_remote_code = trust_remote_code
@@ -119,9 +91,6 @@ class OpenAIEngine:
         self._lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
-        self._in_flight = dict.fromkeys(self.urls, 0)
-        self._failing: set[str] = set()  # refused a connection lately: used only when no other URL answers
-        self._dead: set[str] = set()  # refused every retry of a request: not used again in this run
         self._plain = False  # the server rejected EXTENSIONS
         self.model_name = served_model_name or model
         self._check_servers()
@@ -132,19 +101,19 @@ class OpenAIEngine:
         problems, served = [], set()
         for url in self.urls:
             try:
-                listing = self._send(url, "/models", None, timeout=min(self.timeout, 30.0))
+                listing = self.servers.send(url, "/models", None, timeout=min(self.timeout, 30.0))
                 served |= {str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)}
-            except _Unreachable as err:
-                problems.append(
-                    f"engine 'openai': no server answers at {url} ({err}); start one first "
-                    "(e.g. `vllm serve MODEL`) or fix --base-url"
-                )
-            except _Rejected as err:
+            except Unreachable as err:
+                problems.append(f"engine 'openai': no server answers at {url} ({err}); start one first "
+                                "(e.g. `vllm serve MODEL`) or fix --base-url")
+            except Rejected as err:
                 if err.status in (401, 403):
                     key = f"the key in {self.api_key_env}" if self.api_key else f"no key ({self.api_key_env} is unset)"
                     problems.append(f"engine 'openai': the server at {url} refused {key} (HTTP {err.status})")
                 # other answers (a server without /models) do not stop the run
-            except _Retryable as err:
+            except NotJson:
+                pass  # nor does a /models that is not JSON: the requests themselves will say
+            except Retryable as err:
                 problems.append(f"engine 'openai': the server at {url} is not ready ({err}); try again shortly")
         if problems:
             raise UsageError(problems)
@@ -153,86 +122,8 @@ class OpenAIEngine:
             raise UsageError(f"engine 'openai': pass --model as the server names it ({listed})")
         known = served | {name.removesuffix(":latest") for name in served}  # Ollama's implicit tag
         if served and self.model_name not in known and not Path(self.model_name).is_dir():
-            raise UsageError(
-                f"engine 'openai': the server does not serve {self.model_name!r}; "
-                f"it serves: {', '.join(sorted(served))} (pass one as --model)"
-            )
-
-    # -- HTTP ------------------------------------------------------------------------------------
-
-    def _send(self, url: str, path: str, body: dict | None, timeout: float | None = None) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
-        method = "GET" if body is None else "POST"
-        request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:300].replace("\n", " ")
-            if err.code == 429 or err.code >= 500:
-                raise _Retryable(f"HTTP {err.code}: {detail}") from None
-            raise _Rejected(err.code, detail) from None
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, TimeoutError):
-                raise _Retryable(f"no answer within {timeout or self.timeout:g} s") from None
-            raise _Unreachable(str(err.reason)) from None
-        except TimeoutError:
-            raise _Retryable(f"no answer within {timeout or self.timeout:g} s") from None
-        except (ConnectionError, http.client.HTTPException) as err:
-            raise _Unreachable(type(err).__name__) from None
-        except json.JSONDecodeError:
-            raise _Rejected(200, "the answer is not JSON") from None
-
-    def _acquire(self) -> str:
-        """The live URL with the fewest requests in flight, preferring ones that have not failed lately."""
-        with self._lock:
-            live = [u for u in self.urls if u not in self._dead]
-            if not live:
-                raise _AllGone()
-            url = min([u for u in live if u not in self._failing] or live, key=self._in_flight.__getitem__)
-            self._in_flight[url] += 1
-            return url
-
-    def _unreachable(self, url: str, reason: str, final: bool) -> None:
-        with self._lock:
-            others = [u for u in self.urls if u != url and u not in self._dead and u not in self._failing]
-            if url not in self._failing and others:
-                print(
-                    f"openai engine: {url} stopped answering ({reason}); going on with {len(others)} other URL(s)",
-                    file=sys.stderr,
-                )
-            self._failing.add(url)
-            if final:  # this request waited through every retry and the URL still does not answer
-                self._dead.add(url)
-
-    def _post(self, path: str, body: dict) -> dict:
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 60.0))
-            url = self._acquire()
-            try:
-                answer = self._send(url, path, body)
-            except _Unreachable as err:
-                last = f"{url}: {err}"
-                self._unreachable(url, str(err), final=attempt == self.retries)
-                continue
-            except _Retryable as err:
-                last = f"{url}: {err}"
-                continue
-            finally:
-                with self._lock:
-                    self._in_flight[url] -= 1
-            with self._lock:
-                self._failing.discard(url)
-            return answer
-        with self._lock:
-            if len(self._dead) == len(self.urls):
-                raise _AllGone(last)
-        raise _Failed(f"failed after {self.retries + 1} tries: {last}")
+            raise UsageError(f"engine 'openai': the server does not serve {self.model_name!r}; "
+                             f"it serves: {', '.join(sorted(served))} (pass one as --model)")
 
     def _map(self, work: Callable[[int], Any], count: int, unit: str) -> list[Any]:
         """Run `work(k)` for every k with up to max_concurrency in flight; results in input order."""
@@ -246,7 +137,7 @@ class OpenAIEngine:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update(1)
-        except _AllGone as err:
+        except AllGone as err:
             raise UsageError(
                 f"engine 'openai': no server answers any more ({str(err) or ', '.join(self.urls)}); the rows finished "
                 "so far are kept: start the server(s) and rerun the same command to resume"
@@ -282,13 +173,13 @@ class OpenAIEngine:
         sent = {} if self._plain else extensions
         body = {**self._sampling(params, seed), "messages": conversation, **sent, **self.extra_body}
         try:
-            answer = self._post("/chat/completions", body)
-        except _Rejected as err:
+            answer = self.servers.post("/chat/completions", body)
+        except Rejected as err:
             if any(name in err.detail for name in sent):
                 self._go_plain(err)  # other threads may have switched already; either way, try again plainly
                 return self._reply(conversation, params, seed)
             return _error(f"the server rejected the request: {err}")
-        except _Failed as err:
+        except Failed as err:
             return _error(str(err))
         try:
             choice = answer["choices"][0]
@@ -302,15 +193,12 @@ class OpenAIEngine:
             self.generated_tokens += tokens
         return Completion(text=(text or "").strip(), finish_reason=_finish(finish_reason), tokens=tokens)
 
-    def _go_plain(self, err: _Rejected) -> None:
+    def _go_plain(self, err: Rejected) -> None:
         with self._lock:
             if not self._plain:
-                print(
-                    f"openai engine: the server does not take vllm's extra fields ({err.detail[:120]}); "
-                    "repetition_penalty is not sent, and prefilled replies go through /v1/completions with "
-                    "the chat template applied here",
-                    file=sys.stderr,
-                )
+                print(f"openai engine: the server does not take vllm's extra fields ({err.detail[:120]}); "
+                      "repetition_penalty is not sent, and prefilled replies go through /v1/completions with "
+                      "the chat template applied here", file=sys.stderr)
             self._plain = True
 
     def _reply_from_text(self, conversation: Conversation, params: GenParams, seed: int) -> Completion:
@@ -318,15 +206,15 @@ class OpenAIEngine:
         no_bos = {"add_special_tokens": False} if self.raw_prompt and not self._plain else {}
         body = {**self._sampling(params, seed), "prompt": self.render(conversation), **no_bos, **self.extra_body}
         try:
-            answer = self._post("/completions", body)
+            answer = self.servers.post("/completions", body)
             choice = answer["choices"][0]
             return self._completion(choice.get("text"), choice.get("finish_reason"), answer)
-        except _Rejected as err:
+        except Rejected as err:
             if no_bos and "add_special_tokens" in err.detail:
                 self._go_plain(err)
                 return self._reply_from_text(conversation, params, seed)
             return _error(f"reply through /v1/completions failed: {err}")
-        except _Failed as err:
+        except Failed as err:
             return _error(f"reply through /v1/completions failed: {err}")
         except (KeyError, IndexError, TypeError):
             return _error("unexpected answer from the server's /v1/completions")
@@ -379,8 +267,8 @@ class OpenAIEngine:
             "logprobs on /v1/completions, as `vllm serve` has); use --engine transformers or vllm for judging"
         )
         try:
-            answer = self._post("/completions", body)
-        except (_Rejected, _Failed) as err:
+            answer = self.servers.post("/completions", body)
+        except (Rejected, Failed) as err:
             raise UsageError(f"{cannot} ({err})") from None
         choice = (answer.get("choices") or [{}])[0]
         logprobs = choice.get("logprobs") or {}

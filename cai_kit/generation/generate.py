@@ -20,6 +20,7 @@ from cai_kit.core.prompt_sets import PromptRow, load_many
 from cai_kit.engines import Engine, load_engine
 from cai_kit.evaluation.refusal import is_refusal
 from cai_kit.generation import pairs
+from cai_kit.generation.failures import EngineFailed, StopOnError, stopped_message
 from cai_kit.generation.filters import normalise, row_status
 from cai_kit.generation.loop import critique_and_revise
 from cai_kit.generation.options import FILTERS, PAIR_MODES, GenerateOptions, is_helping
@@ -84,8 +85,8 @@ def gate_or_fall_back(
 
 def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
     """ "ok" or why the row is filtered; `seen` holds the normalised finals kept so far (duplicates)."""
-    if row["finish_reason"] == "error":
-        return f"error: {row['final'] or row['initial']}"[:300]
+    if row["finish_reason"] == "error":  # the reason only: the answers of an error row are empty
+        return f"error: {row.get('error') or 'the engine could not answer'}"[:300]
     if row.get("pair") == "judge":
         status = row_status(row["final"], row["initial"], row["finish_reason"], False, options.filters, seen)
         if status == "ok" and "low_margin" in options.filters and row["score"] - 0.5 < options.judge_margin:
@@ -185,21 +186,29 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
                 raise
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
+        checked = StopOnError(engine) if options.on_error == "stop" else engine
         for mode, mode_rows in pending:
             for start in range(0, len(mode_rows), options.batch_size):
                 chunk = mode_rows[start : start + options.batch_size]
-                if mode == "judge":
-                    judge = judge or _judge_engine(options, engine)
-                    finished = pairs.judged_pairs(engine, constitution, chunk, options, judge)
-                elif mode == "contrast":
-                    finished = pairs.contrast_pairs(engine, constitution, chunk, options)
-                else:
-                    finished = critique_and_revise(engine, constitution, chunk, options)
-                for row in finished:
-                    row["status"] = _status(row, constitution, options, seen)
-                    if row["status"] == "ok":
-                        seen.add(normalise(row["final"]))
-                folder.append(finished)
+                try:
+                    if mode == "judge":
+                        judge = judge or _judge_engine(options, engine)
+                        finished = pairs.judged_pairs(checked, constitution, chunk, options, judge)
+                    elif mode == "contrast":
+                        finished = pairs.contrast_pairs(checked, constitution, chunk, options)
+                    else:
+                        finished = critique_and_revise(checked, constitution, chunk, options)
+                    for row in finished:
+                        row["status"] = _status(row, constitution, options, seen)
+                        if row["status"] == "ok":
+                            seen.add(normalise(row["final"]))
+                    folder.append(finished)
+                except EngineFailed as err:  # the chunk in progress is dropped; the rows before it stay
+                    bar.close()
+                    raise UsageError(stopped_message(options.engine, str(err), len(rows), folder.path)) from None
+                except (UsageError, OSError):  # no server left, a full disk: the error gets a line of its own
+                    bar.close()
+                    raise
                 rows += finished
                 bar.update(len(chunk))
                 tokens = getattr(engine, "generated_tokens", 0)
@@ -208,6 +217,10 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
         bar.close()
     write_card(folder, constitution, options, rows, notes)
     print_summary(folder, rows, time.perf_counter() - started)
+    failed = sum(row["status"].startswith("error") for row in rows)
+    if failed:  # on_error: skip went on past them; they are not in sft.jsonl or prefs.jsonl
+        print(f"cai generate: {failed} rows failed (status error); rerun the same command to generate them again",
+              file=sys.stderr)
     if options.push_to_hub:
         push_folder(folder.path, options.push_to_hub)
     return folder.path

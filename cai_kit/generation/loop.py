@@ -8,6 +8,7 @@ from typing import Any
 from cai_kit.core.constitution import Constitution, Principle
 from cai_kit.core.prompt_sets import PromptRow
 from cai_kit.engines import Conversation, Engine
+from cai_kit.generation.failures import first_error
 from cai_kit.generation.filters import clean_answer
 from cai_kit.generation.options import GenerateOptions
 from cai_kit.generation.rows import assistant, finish_reply, gen_params, make_row, system_turns, user
@@ -43,32 +44,46 @@ def critique_and_revise(
     initial = engine.generate([system + [user(row.prompt)] for row in chunk], params)
     answers = [clean_answer(c.text) for c in initial]
     finish = [c.finish_reason for c in initial]
+    # With on_error: skip, a failed request's row leaves the loop: its error text is never critiqued or revised.
+    errors = {k: reason for k, c in enumerate(initial) if (reason := first_error(c))}
     steps: list[list[dict[str, str]]] = [[] for _ in chunk]
     for round_index in range(options.rounds):
-        principles = [constitution.principle_for(row.id, round_index, options.seed, row.category) for row in chunk]
-        critique_chats = [
-            system
-            + few_shot_turns(constitution, principle, options.few_shot)
-            + [user(row.prompt), assistant(answer), user(render("critique_request", principle=principle))]
-            for row, answer, principle in zip(chunk, answers, principles)
-        ]
-        critiques = engine.generate(critique_chats, params)
+        live = [k for k in range(len(chunk)) if k not in errors]
+        principles = {k: constitution.principle_for(chunk[k].id, round_index, options.seed, chunk[k].category)
+                      for k in live}
+        critique_chats = {
+            k: system
+            + few_shot_turns(constitution, principles[k], options.few_shot)
+            + [user(chunk[k].prompt), assistant(answers[k]), user(render("critique_request", principle=principles[k]))]
+            for k in live
+        }
+        critiques = dict(zip(live, engine.generate(list(critique_chats.values()), params) if live else []))
+        errors |= {k: reason for k, c in critiques.items() if (reason := first_error(c))}
+        live = [k for k in live if k not in errors]
         revision_chats = [
-            chat
-            + [assistant(critique.text.strip()), user(render("revision_request", principle=principle))]
+            critique_chats[k]
+            + [assistant(critiques[k].text.strip()), user(render("revision_request", principle=principle))]
             + ([assistant(principle.opening)] if principle.opening else [])  # steering: the reply starts here
-            for chat, critique, principle in zip(critique_chats, critiques, principles)
+            for k, principle in ((k, principles[k]) for k in live)
         ]
-        revisions = engine.generate(revision_chats, params)
-        for k, (principle, critique, revision) in enumerate(zip(principles, critiques, revisions)):
+        revisions = dict(zip(live, engine.generate(revision_chats, params) if live else []))
+        for k, revision in revisions.items():
+            if reason := first_error(revision):
+                errors[k] = reason
+                continue
+            principle = principles[k]
             text, finish[k] = finish_reply(
                 revision.text, revision.finish_reason, principle.opening, options.steered_sentences
             )
-            if "error" in (revision.finish_reason, critique.finish_reason) or initial[k].finish_reason == "error":
-                finish[k] = "error"
-            steps[k].append({"principle": principle.name, "critique": critique.text.strip(), "revision": text})
+            steps[k].append({"principle": principle.name, "critique": critiques[k].text.strip(), "revision": text})
             answers[k] = text
-    return [
-        make_row(row, "revision", options, constitution, clean_answer(first.text), row_steps, final, reason)
-        for row, first, row_steps, final, reason in zip(chunk, initial, steps, answers, finish)
-    ]
+    rows = []
+    for k, (row, first, final) in enumerate(zip(chunk, initial, answers)):
+        if k in errors:  # empty answers, the reason in `error`; a first answer that did come is kept
+            first_answer = "" if first_error(first) else clean_answer(first.text)
+            rows.append(make_row(row, "revision", options, constitution, first_answer, steps[k], "", "error",
+                                 error=errors[k]))
+        else:
+            rows.append(make_row(row, "revision", options, constitution, clean_answer(first.text), steps[k], final,
+                                 finish[k]))
+    return rows

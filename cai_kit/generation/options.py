@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,6 +64,10 @@ class GenerateOptions(BaseModel):
     match_examples: bool = False  # True: the sampled principle's own examples (no shared prefix: slower on CPU)
     filters: list[str] = Field(default_factory=lambda: list(FILTERS))
     force_new: bool = False
+    # A request the engine could not answer (after its retries): `stop` ends the run with one line (the rows
+    # finished so far are kept; a rerun resumes), `skip` writes that row with status `error` and goes on. An
+    # error row is never critiqued, revised or trained on, and the next run generates it again.
+    on_error: Literal["stop", "skip"] = "stop"
     trust_remote_code: bool = False
     push_to_hub: str | None = None  # a dataset repo id; the token comes from HF_TOKEN, never from options
     model_licences: dict[str, str] = Field(default_factory=dict)  # {model spec: licence id}, over the model cards

@@ -14,6 +14,7 @@ from typing import Any
 from cai_kit.core.constitution import Constitution
 from cai_kit.core.prompt_sets import PromptRow
 from cai_kit.engines import Conversation, Engine, GenParams
+from cai_kit.generation.failures import first_error
 from cai_kit.generation.filters import candidate_score
 from cai_kit.generation.options import GenerateOptions, is_helping
 from cai_kit.generation.rows import assistant, finish_reply, gen_params, make_row, system_turns, user
@@ -86,6 +87,10 @@ def contrast_pairs(
     rows = []
     for k, (row, principle) in enumerate(zip(chunk, principles)):
         away = aways[k]
+        if error := first_error(*candidates[k], away):  # on_error: skip; neither side is an answer
+            rows.append(make_row(row, "contrast", options, constitution, "", [{"principle": principle.name}], "",
+                                 "error", error=error))
+            continue
         rejected, _ = finish_reply(away.text, away.finish_reason, away_openings[k], options.steered_sentences)
         finished = [
             (*finish_reply(c.text, c.finish_reason, principle.opening, options.steered_sentences), c.finish_reason)
@@ -95,10 +100,8 @@ def contrast_pairs(
         scores = [candidate_score(text, reason, wants, rejected, principle.opening) for text, reason, _ in finished]
         ranks = [-9.0 if score is None else score for score in scores]  # a failed candidate ranks last
         best = max(range(len(finished)), key=ranks.__getitem__)
-        final, reason, raw_reason = finished[best]
+        final, reason, _ = finished[best]
         extra = {"best_of": {"candidates": n, "passed": sum(s is not None for s in scores)}} if n > 1 else {}
-        if "error" in (raw_reason, away.finish_reason):
-            reason, final = "error", candidates[k][best].text if raw_reason == "error" else away.text
         rows.append(
             make_row(
                 row,
@@ -140,7 +143,9 @@ def judged_pairs(
     replies = engine.generate([system + [user(row.prompt)] for row in chunk for _ in range(n)], params)
     finished = [finish_reply(r.text, r.finish_reason) for r in replies]
     samples = [finished[k * n : (k + 1) * n] for k in range(len(chunk))]
-    pairs = [(k, a, b) for k in range(len(chunk)) for a in range(n) for b in range(a + 1, n)]
+    # on_error: skip: a prompt with a failed sample is not judged (error text is no answer) but written as an error.
+    errors = {k: error for k in range(len(chunk)) if (error := first_error(*replies[k * n : (k + 1) * n]))}
+    pairs = [(k, a, b) for k in range(len(chunk)) if k not in errors for a in range(n) for b in range(a + 1, n)]
     asked = [random.Random(f"{options.seed}:{row.id}:judge").choice(questions) for row in chunk]
     scores: dict[tuple[int, int, int], Any] = {}
     for question in dict.fromkeys(asked):  # one batched judge call per question
@@ -155,6 +160,9 @@ def judged_pairs(
         scores.update(zip(mine, judged))
     rows = []
     for k, row in enumerate(chunk):
+        if k in errors:
+            rows.append(make_row(row, "judge", options, constitution, "", [], "", "error", error=errors[k]))
+            continue
         wins = [0.0] * n  # mean preference of each answer over the others
         for (kk, a, b), score in scores.items():
             if kk == k:
@@ -163,9 +171,7 @@ def judged_pairs(
         best, worst = max(range(n), key=wins.__getitem__), min(range(n), key=wins.__getitem__)
         pair = scores[(k, min(best, worst), max(best, worst))] if best != worst else None
         p_best = (pair.p if best < worst else 1 - pair.p) if pair else 0.5
-        (final, reason), (rejected, rejected_reason) = samples[k][best], samples[k][worst]
-        if "error" in (reason, rejected_reason):
-            reason = "error"
+        (final, reason), (rejected, _) = samples[k][best], samples[k][worst]
         verdict = {
             "question": asked[k],
             "model": options.judge_model or options.model,

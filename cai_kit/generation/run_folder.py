@@ -8,14 +8,13 @@ so an interruption between two appends can never leave them out of step.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError
-from cai_kit.core.files import jsonl_text, write_atomic
+from cai_kit.core.files import append_synced, jsonl_text, write_atomic
 
 GENERATIONS, SFT, PREFS, CARD, MANIFEST = "generations.jsonl", "sft.jsonl", "prefs.jsonl", "README.md", "manifest.json"
 # Manifest fields that must match to resume into an existing folder.
@@ -67,7 +66,11 @@ class RunFolder:
                 for name in (GENERATIONS, SFT, PREFS, CARD, MANIFEST):
                     (self.path / name).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        try:
+            write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        except OSError:  # a full disk or read-only folder: no empty run folder left behind
+            self.remove_if_empty()
+            raise
         rows = self.read_rows()
         failed = [row for row in rows if row["status"].startswith("error")]
         if failed:  # rows that failed (a dead server, say) are dropped here and generated again
@@ -101,10 +104,7 @@ class RunFolder:
         """Append finished rows: generations first, so it is always the fuller record."""
         ok = [row for row in rows if row["status"] == "ok"]
         for name, lines in ((GENERATIONS, rows), (SFT, [sft_row(r) for r in ok]), (PREFS, [pref_row(r) for r in ok])):
-            with (self.path / name).open("a", encoding="utf-8") as handle:
-                handle.write(jsonl_text(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_synced(self.path / name, jsonl_text(lines))
 
     def write_card(self, text: str) -> None:
         write_atomic(self.path / CARD, text)

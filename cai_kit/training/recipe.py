@@ -29,6 +29,7 @@ from cai_kit.core.shipped import resolve_yaml
 from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
 from cai_kit.evaluation.options import EvalSettings
 from cai_kit.generation.options import GenerateOptions
+from cai_kit.training.recipe_inputs import input_problems
 from cai_kit.training.trl_options import build_trl_config, precision_of
 
 Stage = Literal["generate", "sft", "dpo", "eval"]
@@ -148,7 +149,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = resolve_yaml(path, ("recipe",))
     data, lines = read_yaml(path)
     if data is None:
-        data = {}
+        raise UsageError(f"{path}:1: (top level): the file is empty; a recipe names at least its generate runs or "
+                         "data files (see `cai cp tiny my_recipe.yaml`)")
     if not isinstance(data, dict):
         raise UsageError(f"{path}:1: (top level): expected a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides)
@@ -170,6 +172,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                                                 Path(output_dir))[1]]
     # Files and engines are checked on the raw data, so they show even when the schema has problems too.
     problems += _file_problems(path, data, lines) + _engine_problems(path, data, lines)
+    problems += input_problems(path, data, lines)  # constitutions, prompt sets, data rows, models
     if problems or recipe is None:
         raise UsageError(sorted(problems, key=_line_number))
     recipe.output_dir = output_dir

@@ -4,7 +4,7 @@ The Zephyr recipe (Tunstall et al. 2023) with the model as its own teacher: SFT 
 answers, then DPO (Rafailov et al. 2023) on revision-over-first-answer pairs (Bai et al. 2022).
 LoRA by default, so the DPO reference is the same weights with the adapter switched off and only
 one copy of the model sits in memory. A finished stage leaves a `.complete` marker and is skipped
-on rerun; an interrupted trainer resumes from its last `checkpoint-*`.
+on rerun; an interrupted trainer resumes from its newest complete `checkpoint-*` (training/checkpoints.py).
 
     output_dir/recipe.yaml            the recipe as run (with --set overrides)
     output_dir/generate/<i>-<name>/   one `cai generate` folder per run
@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cai_kit.core.errors import UsageError
-from cai_kit.core.files import write_jsonl
+from cai_kit.core.errors import UsageError, disk_errors_in
+from cai_kit.core.files import write_atomic, write_jsonl
 from cai_kit.core.shipped import resolve_yaml
 from cai_kit.training.callbacks import RankRecord, TrimMemory
+from cai_kit.training.checkpoints import SaveMarker, newest_complete
 from cai_kit.training.data_mix import Source, describe, mix
 from cai_kit.training.log import log
 from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
@@ -49,8 +50,8 @@ def is_complete(folder: Path) -> bool:
 
 def mark_complete(folder: Path, **details: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **details},
-                                            indent=1, default=str) + "\n", encoding="utf-8")
+    write_atomic(folder / MARKER, json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **details},
+                                             indent=1, default=str) + "\n")
 
 
 def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
@@ -169,11 +170,12 @@ def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) 
         log(f"{stage}: complete, skipped (delete {folder} to train it again)")
         return
     log(f"{stage}: precision {stage_precision(recipe, stage)}")
-    prepare_data(recipe, stage)
-    if recipe.processes > 1:
-        launch(recipe, stage)
-    else:
-        fit(recipe, stage, callbacks)
+    with disk_errors_in(folder):  # a full disk while saving data or a checkpoint: one line naming the folder
+        prepare_data(recipe, stage)
+        if recipe.processes > 1:
+            launch(recipe, stage)
+        else:
+            fit(recipe, stage, callbacks)
     if not is_complete(folder):
         raise UsageError(f"{stage}: training ended without a model in {folder / 'model'}; see the log above")
 
@@ -205,7 +207,7 @@ def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
         raise UsageError(f"{stage}: no training rows in {', '.join(str(s.path) for s in sources)}")
     write_jsonl(data / "train.jsonl", train)
     write_jsonl(data / "test.jsonl", test)
-    (data / "counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
+    write_atomic(data / "counts.json", json.dumps(counts, indent=1) + "\n")  # last: it marks the data as mixed
     log(describe(stage, counts))
     return counts
 
@@ -229,7 +231,6 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     from accelerate import PartialState
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers.trainer_utils import get_last_checkpoint
 
     section = getattr(recipe, stage)
     folder = recipe.out / stage
@@ -247,16 +248,18 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     # disabled: the reference is the starting model, and no second copy is loaded.
     trainer = trainer_class(model=base, args=args, train_dataset=datasets["train"],
                             eval_dataset=datasets.get("test"), peft_config=peft_config,
-                            callbacks=[RankRecord(folder / "ranks", stage), TrimMemory(), *(callbacks or [])])
+                            callbacks=[RankRecord(folder / "ranks", stage), TrimMemory(), SaveMarker(),
+                                       *(callbacks or [])])
     if stage == "dpo" and trainer.is_world_process_zero():
         reference = ("the starting model with the LoRA adapter off (one copy in memory)"
                      if getattr(trainer, "ref_model", None) is None and peft_config else "a separate copy")
         log(f"dpo: reference model = {reference}")
-    checkpoints = Path(args.output_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last and trainer.is_world_process_zero():
+    zero = trainer.is_world_process_zero()
+    # The newest complete checkpoint: a kill during a save leaves a newer folder that is skipped (and removed).
+    last = newest_complete(Path(args.output_dir), lambda line: log(f"{stage}: {line}") if zero else None, remove=zero)
+    if last and zero:
         log(f"{stage}: resuming from {last}")
-    result = trainer.train(resume_from_checkpoint=last)
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     metrics: dict[str, Any] = {"train": result.metrics, "precision": precision}
     if "test" in datasets:
         metrics["eval"] = trainer.evaluate()
@@ -296,7 +299,8 @@ def merge_adapter(base: str, adapter: Path, target: Path, dtype: Any, trust_remo
 
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base
     staged = target.with_name(f".{target.name}.partial")
