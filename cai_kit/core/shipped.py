@@ -74,6 +74,8 @@ def resolve_yaml(spec: str | Path, kinds: tuple[str, ...]) -> Path:
     path = Path(spec)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UsageError(f"{spec}: is a folder, not a YAML file")
     found = find_shipped(str(spec), kinds)
     if found is None:
         raise not_shipped(spec, kinds, "file not found, and no shipped file of that name")

@@ -73,17 +73,18 @@ def _list(value: Any) -> list[Any]:
 def _constitution_problems(key: KeyPath, value: Any) -> list[tuple[KeyPath, str]]:
     """The constitution must load; a value that is no file may be a shipped constitution's name (`harmless`)."""
     from cai_kit.core.constitution import load_constitution
-    from cai_kit.core.shipped import shipped_file
+    from cai_kit.core.shipped import find_shipped
 
     if not isinstance(value, str) or not value:
         return []  # the schema reports a missing or non-text constitution
     path = Path(value)
-    if not path.exists() and shipped_file("constitutions", f"{value}.yaml").is_file():
-        path = shipped_file("constitutions", f"{value}.yaml")
     if path.is_dir():
         return [(key, f"{value}: is a folder, not a constitution file")]
     if not path.is_file():
-        return [(key, f"{value}: file not found (nor a shipped constitution: see `cai ls`)")]
+        found = find_shipped(value, ("constitution",))
+        if found is None:
+            return []  # the recipe's file check names it, with the shipped names to choose from
+        path = found[1]
     try:
         load_constitution(path)
     except UsageError as err:
