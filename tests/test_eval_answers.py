@@ -79,7 +79,8 @@ def test_one_suite_flag_names_the_suite_of_rows_without_one(tmp_path, no_engine)
 
 def test_bad_rows_are_one_line_each_with_file_and_line(tmp_path, no_engine):
     rows = [ROWS[0], '{"id": "b", "prompt": "p"}', "not json", ROWS[0],
-            '{"id": "c", "prompt": "p", "answer": 3, "suite": "harmfull", "model": "x"}']
+            '{"id": "c", "prompt": "p", "answer": 3, "suite": "harmful", "modle": "x"}',
+            '{"id": "d", "prompt": "p", "answer": "a", "suite": "harmfull"}']
     path = _write(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["eval", "--answers", str(path), "-o", str(out)])
@@ -89,8 +90,9 @@ def test_bad_rows_are_one_line_each_with_file_and_line(tmp_path, no_engine):
     assert any(line.startswith(f"error: {path}:3: not valid JSON") for line in lines)
     assert f"error: {path}:4: id: 'a1' repeats line 1" in lines
     assert f"error: {path}:5: answer: expected a string, got int" in lines
-    assert any(line.startswith(f"error: {path}:5: model: unknown key") for line in lines)
-    assert len(lines) == 5
+    assert any(line.startswith(f"error: {path}:5: modle: unknown key") for line in lines)
+    assert f"error: {path}:6: suite: 'harmfull' is not one of harmful, over_refusal, helpful" in lines
+    assert len(lines) == 6
     assert "Traceback" not in result.output
     assert not out.exists()  # nothing half-written
 

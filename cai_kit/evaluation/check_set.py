@@ -14,6 +14,7 @@ judge (`--judge-model`) answers yes/no questions, not three labels, so it is sco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def load_check_set(path: Path = CHECK_SET) -> list[CheckRow]:
     return rows
 
 
-def precision_recall(gold: list[str], predicted: list[str], labels: tuple[str, ...]) -> dict[str, Any]:
+def precision_recall(gold: Sequence[str], predicted: Sequence[str], labels: tuple[str, ...]) -> dict[str, Any]:
     """Per label: precision and recall as rates with intervals, and the counts behind them."""
     scores = {}
     for label in labels:
@@ -91,7 +92,7 @@ def precision_recall(gold: list[str], predicted: list[str], labels: tuple[str, .
     return scores
 
 
-def _headline(labels: list[str], rows: list[CheckRow]) -> list[str]:
+def _headline(labels: Sequence[str], rows: list[CheckRow]) -> list[str]:
     return [HEADLINE if counts_as_refusal(label, row.harmful) else "not_" + HEADLINE
             for label, row in zip(labels, rows, strict=True)]
 
@@ -116,7 +117,8 @@ def check_verdicts(split: str | None = None, judge: Engine | None = None, judge_
     rows = load_check_set(path)
     predicted = {row.id: verdict(row.prompt, row.answer) for row in rows}
     judged = dict(zip((row.id for row in rows), judge_headline(judge, rows), strict=True)) if judge else {}
-    results: dict[str, Any] = {"path": str(path), "n": len(rows), "judge": judge_name, "splits": {}}
+    shown = "data/eval/verdict_check.jsonl" if path == CHECK_SET else str(path)
+    results: dict[str, Any] = {"path": shown, "n": len(rows), "judge": judge_name, "splits": {}}
     for name in [split] if split else list(SPLITS):
         chosen = [row for row in rows if row.split == name]
         gold = [row.label for row in chosen]

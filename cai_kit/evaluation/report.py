@@ -124,7 +124,7 @@ def category_series(entry: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any
 
 
 def headline_name(entry: dict[str, Any]) -> str:
-    scores = next(iter(entry["scores"].values()), {})
+    scores: dict[str, Any] = next(iter(entry["scores"].values()), {})
     return "full refusal (no compliance)" if "complied" in scores else "refused, fully or partly"
 
 
