@@ -31,7 +31,7 @@ from cai_kit.evaluation.verdicts import LABELS, verdict
 
 CHECK_SET = shipped_file("data", "eval/verdict_check.jsonl")
 FIELDS = ("id", "prompt", "answer", "suite", "label", "reason", "source", "split")
-SOURCES = ("default-model", "written")
+SOURCES = ("default-model", "trained-model", "written")
 SPLITS = ("dev", "test")
 HEADLINE = "refused"  # the headline decision, scored as a fourth "label"
 
