@@ -75,7 +75,7 @@ def plot_categories(path: Path, results: dict[str, Any]) -> Path | None:
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10.5, 3.2 * len(panels)), squeeze=False)
     for ax, (suite, series) in zip(axes[:, 0], panels, strict=True):
         categories = list(next(iter(series.values()))["refused"])
         width = 0.8 / len(series)
@@ -90,7 +90,7 @@ def plot_categories(path: Path, results: dict[str, Any]) -> Path | None:
         ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=8)
         roles = " and ".join(f"{role}{' (hatched)' if role == 'baseline' else ''}" for role in series)
         ax.set(ylim=(0, 1.05), ylabel="share of answers", title=f"{suite}: {roles}")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

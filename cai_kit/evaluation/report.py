@@ -103,7 +103,8 @@ def summary_table(results: dict[str, Any]) -> str:
     suites = results["suites"]
     n = ", ".join(f"{suite} n={entry['n']}" for suite, entry in suites.items())
     table = markdown_table(["suite", "metric", *roles_of(results)], summary_rows(results))
-    return f"{table}\n\n({n}; 95% Wilson intervals for rates, bootstrap intervals for NLL)"
+    nll = "; bootstrap intervals for NLL" if "retention" in suites.get("helpful", {}) else ""
+    return f"{table}\n\n({n}; 95% Wilson intervals for rates{nll})"
 
 
 def category_rows(entry: dict[str, Any], roles: list[str]) -> tuple[str, list[list[str]]]:
