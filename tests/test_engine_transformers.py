@@ -130,6 +130,20 @@ def test_batched_logprobs_equal_one_row_at_a_time_without_padding(engines):
         assert abs(float(logp[len(prompt) - 1 :].sum()) - score) < 1e-3
 
 
+def test_token_logprobs_are_one_per_continuation_token_and_sum_to_logprobs(engines):
+    engine = engines[False]
+    conversations = chats(3)
+    continuations = ["Yes", "No, not at all, never in a hundred years", "A"]
+    per_token = engine.token_logprobs(conversations, continuations)
+    for conversation, continuation, values in zip(conversations, continuations, per_token, strict=True):
+        prompt = engine._encode([engine.render(conversation)])[0]
+        full = engine._encode([engine.render(conversation) + continuation])[0]
+        assert len(values) == len(full) - len(prompt)
+        assert all(value <= 0 for value in values)
+    sums = engine.logprobs(conversations, continuations)
+    assert [sum(values) for values in per_token] == pytest.approx(sums, abs=1e-3)
+
+
 def test_unknown_engines_and_options_are_one_line():
     with pytest.raises(UsageError, match="unknown engine 'vlm'"):
         load_engine("vlm", "default")

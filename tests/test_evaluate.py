@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import cai_kit.evaluation.evaluate
 from cai_kit.cli import main
 from cai_kit.core.errors import UsageError
 from cai_kit.core.stats import wilson
@@ -16,6 +18,10 @@ from cai_kit.engines import Completion
 from cai_kit.evaluation.eval_judge import judge_pairwise
 from cai_kit.evaluation.evaluate import run_eval, select_prompts
 from cai_kit.evaluation.options import EvalOptions, make_options, parse_prompt_overrides
+from cai_kit.evaluation.report import summary_table
+from cai_kit.evaluation.verdicts import LABELS
+
+REPO = Path(__file__).resolve().parent.parent
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -153,10 +159,16 @@ def test_a_limit_spreads_over_categories():
 # --- the whole run with scripted engines: exact rates, report files, answer cache
 
 
-def test_run_eval_scores_scripted_models(tmp_path):
+PASSED_CHECK = {"judge": "judge", "n": 40, "accuracy": {"rate": 0.9, "k": 36, "n": 40},
+                "consistency": {"rate": 0.8, "k": 32, "n": 40}, "first_position_bias": 0.5, "stopped_early": None}
+
+
+def test_run_eval_scores_scripted_models(tmp_path, monkeypatch):
     def aligned(prompt):  # refuses everything from the harmful set, helps (well) with the rest
         return "I can't help with that." if prompt in harmful_prompts else "GOOD: here is how."
 
+    # The scripted judge passes cai judge-check here (its check is tested below with a judge at chance).
+    monkeypatch.setattr(cai_kit.evaluation.evaluate, "check_judge_once", lambda *args: PASSED_CHECK)
     harmful_prompts = {row.prompt for row in select_prompts("eval/harmful", 4)}
     model = ScriptedEngine(reply=aligned)
     baseline = ScriptedEngine(reply=lambda prompt: "Sure, here is how.")
@@ -168,22 +180,29 @@ def test_run_eval_scores_scripted_models(tmp_path):
 
     harmful = results["suites"]["harmful"]["scores"]
     assert harmful["model"]["refused"]["rate"] == 1.0
+    assert harmful["model"]["labels"]["full_refusal"]["k"] == 4
     assert harmful["baseline"]["refused"]["rate"] == 0.0
     assert harmful["baseline"]["complied"]["k"] == 4
+    assert harmful["baseline"]["labels"]["full_compliance"]["k"] == 4
     assert results["suites"]["over_refusal"]["scores"]["model"]["refused"]["rate"] == 0.0
     pairwise = results["suites"]["helpful"]["pairwise"]
     assert (pairwise["wins"], pairwise["ties"], pairwise["losses"]) == (4, 0, 0)
     assert pairwise["win_rate"]["rate"] == 1.0
+    assert results["suites"]["helpful"]["judge_check"] == PASSED_CHECK
     # Model first: A scores 2 + 0.5 against 0; model second: A (baseline) scores 0.5 against B's 2.
     assert pairwise["first_position_bias"] == pytest.approx((sigmoid(2.5) + 1 - sigmoid(1.5)) / 2)
-    # The scripted judge says Yes and No alike (P = 0.5), so it calls nothing harmful: it agrees with the phrase
-    # list on every refusal of the model and on none of the baseline's compliant answers.
+    # The scripted judge says Yes and No alike (P = 0.5), so it calls nothing harmful: it agrees with the rules
+    # on every refusal of the model and on none of the baseline's compliant answers.
     assert harmful["model"]["judge_harmful"]["k"] == 0
     assert harmful["model"]["judge_agreement"]["rate"] == 1.0
     assert harmful["baseline"]["judge_agreement"]["rate"] == 0.0
     for name in ["results.json", "details.jsonl", "report.md", "answers_model.jsonl", "answers_baseline.jsonl"]:
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "results.json").read_text())["suites"]["harmful"]["n"] == 4
+    # Scripted engines have no per-token log-probs: retention says so instead of a number.
+    retention = results["suites"]["helpful"]["retention"]
+    assert retention["model"]["not_measured"].endswith("gives no per-token log-probs")
+    assert "difference" not in retention
 
     # A rerun reuses the cached answers: the models are not asked again, unless a generation setting changed.
     generated = model.generated
@@ -191,6 +210,59 @@ def test_run_eval_scores_scripted_models(tmp_path):
     assert model.generated == generated == 12
     run_eval(options.model_copy(update={"max_new_tokens": 64}), engines=engines)
     assert model.generated == 24
+
+
+def test_no_win_rate_from_a_judge_at_chance(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))  # the judge-check result is cached there
+    judge = ScriptedEngine(label_score=lambda text, label: 0.0)  # every label equally likely: pure chance
+    options = EvalOptions(model="model", baseline="base", judge_model="judge", suites=["helpful"], limit=6,
+                          out=str(tmp_path / "eval"))
+    engines = {"model": ScriptedEngine(reply=lambda p: "GOOD " + p), "base": ScriptedEngine(), "judge": judge}
+    results = run_eval(options, engines=engines)
+    helpful = results["suites"]["helpful"]
+    assert "pairwise" not in helpful
+    assert helpful["win_rate"]["not_measured"].startswith("not measured: judge at chance (accuracy 0.00, consistency")
+    assert helpful["judge_check"]["accuracy"]["rate"] == 0.0
+    table = summary_table(results)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    for text in (table, report):
+        assert "not measured: judge at chance" in text
+        assert "ties count half" not in text and "0.50 [" not in text
+    details = [json.loads(line) for line in (tmp_path / "eval" / "details.jsonl").read_text().splitlines()]
+    assert not any("pairwise" in d["model"] for d in details)
+
+
+class ScoringEngine(ScriptedEngine):
+    """A scripted engine with per-token log-probs: each reference token costs `per_char` x its answer's length."""
+
+    def __init__(self, per_char: float):
+        super().__init__()
+        self.per_char = per_char
+
+    def token_logprobs(self, conversations, continuations):
+        return [[-self.per_char * len(text)] * len(text.split()) for text in continuations]
+
+
+def test_retention_compares_reference_nll_with_the_baseline(tmp_path):
+    options = EvalOptions(model="model", baseline="base", suites=["helpful"], limit=5, out=str(tmp_path))
+    engines = {"model": ScoringEngine(0.02), "base": ScoringEngine(0.01)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cai_kit.evaluation.evaluate, "check_judge_once", lambda *args: PASSED_CHECK)
+        results = run_eval(options, engines=engines)
+    references = {json.loads(line)["id"]: json.loads(line)["reference"]
+                  for line in (REPO / "data" / "eval" / "helpful.jsonl").read_text().splitlines()}
+    lengths = [len(references[row.id]) for row in select_prompts("eval/helpful", 5)]
+    retention = results["suites"]["helpful"]["retention"]
+    assert retention["model"]["mean"] == pytest.approx(sum(0.02 * n for n in lengths) / 5)
+    assert retention["baseline"]["mean"] == pytest.approx(sum(0.01 * n for n in lengths) / 5)
+    difference = retention["difference"]
+    assert difference["mean"] == pytest.approx(sum(0.01 * n for n in lengths) / 5)
+    assert min(0.01 * n for n in lengths) <= difference["low"] <= difference["mean"] <= difference["high"]
+    assert difference["n"] == 5
+    assert "NLL change vs baseline" in summary_table(results)
+    # Cached: a rerun asks the engines for nothing.
+    again = run_eval(options, engines={"model": ScriptedEngine(), "base": ScriptedEngine()})
+    assert again["suites"]["helpful"]["retention"] == retention
 
 
 # --- through the CLI on the tiny model
@@ -201,7 +273,7 @@ def test_cli_report_on_the_tiny_model(tiny_model_path, tmp_path):
     result = CliRunner().invoke(main, ["eval", "--model", tiny_model_path, "--baseline", tiny_model_path,
                                        "--suite", "all", "--limit", "4", "--max-new-tokens", "8", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "refused or redirected" in result.stdout
+    assert "full refusal: no compliance" in result.stdout
     for name in ["results.json", "report.md", "details.jsonl"]:
         assert (out / name).is_file(), name
     for name in ["tradeoff.png", "categories.png"]:
@@ -210,6 +282,21 @@ def test_cli_report_on_the_tiny_model(tiny_model_path, tmp_path):
     assert set(results["suites"]) == {"harmful", "over_refusal", "helpful"}
     report = (out / "report.md").read_text()
     assert "## Before and after" in report and "![tradeoff](tradeoff.png)" in report
+
+
+def test_tiny_model_answers_get_three_way_labels(tiny_model_path, tmp_path):
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["eval", "-m", "tiny-random", "-s", "harmful", "--limit", "2",
+                                       "--max-new-tokens", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "results.json").read_text())["suites"]["harmful"]["scores"]["model"]
+    assert set(scores["labels"]) == set(LABELS)
+    assert sum(scores["labels"][label]["k"] for label in LABELS) == 2
+    for label in LABELS:
+        entry = scores["labels"][label]
+        assert entry["n"] == 2 and 0.0 <= entry["low"] <= entry["rate"] <= entry["high"] <= 1.0
+    details = [json.loads(line) for line in (out / "details.jsonl").read_text().splitlines()]
+    assert len(details) == 2 and all(d["model"]["verdict"] in LABELS and d["model"]["evidence"] for d in details)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -233,8 +320,8 @@ def test_default_model_harm_and_over_refusal(default_model_path, tmp_path):
     print("\n" + result.stdout)
     results = json.loads((out / "results.json").read_text())
     for suite in ["harmful", "over_refusal"]:
-        refused = results["suites"][suite]["scores"]["model"]["refused"]
-        assert 0.0 <= refused["rate"] <= 1.0 and refused["n"] == 3
+        scores = results["suites"][suite]["scores"]["model"]
+        assert scores["refused"]["n"] == 3 and sum(scores["labels"][label]["k"] for label in LABELS) == 3
     assert (out / "report.md").is_file()
     assert (out / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
 

@@ -29,7 +29,7 @@ GOLDEN = REPO / "tests" / "data" / "golden_tiny.json"
 VOLATILE = {"fingerprint", "path", "model"}
 # Model-written text: compared only on a CPU of the capability the copy was made on.
 MODEL_TEXT = {"initial", "final", "critique", "revision", "answer", "content", "verdict", "phrase", "finish_reason"}
-MODEL_TEXT |= {"tokens", "status", "score", "pairwise", "judge_yes"}
+MODEL_TEXT |= {"tokens", "status", "score", "pairwise", "judge_yes", "evidence"}
 
 
 def _scrub(value: Any, out: str, text: bool) -> Any:

@@ -199,7 +199,10 @@ def test_eval_page_embeds_tables_plots_and_answers(eval_dir, tmp_path):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     pngs = sorted(eval_dir.glob("*.png"))
     assert pngs and sorted(base64.b64decode(data) for data in images) == sorted(p.read_bytes() for p in pngs)
-    assert "refused or redirected (higher is better)" in html
+    assert "full refusal: no compliance (higher is better)" in html
+    assert "partial refusal: refuses, yet complies (lower is better)" in html
+    verdicts = re.findall(r'data-verdict="\[&quot;(\w+)&quot;\]"', html)
+    assert len(verdicts) == 4 and set(verdicts) <= {"full_compliance", "full_refusal", "partial_refusal"}
     details = (eval_dir / "details.jsonl").read_text().splitlines()
     assert len(ROW.findall(html)) == len(details) == 4
     if CHROMIUM:

@@ -198,8 +198,12 @@ def _details(summary: str, text: str) -> str:
 
 
 def _answer_title(role: str, answer: dict[str, Any]) -> str:
+    """The role and its verdict (full_compliance, full_refusal or partial_refusal; the rules' evidence on hover)."""
     label = answer.get("verdict") or answer.get("pairwise", {}).get("verdict") or ""
-    return f"{escape(role)}" + (f' &middot; <span class="principle">{escape(str(label))}</span>' if label else "")
+    evidence = escape(str(answer.get("evidence") or ""))
+    return f"{escape(role)}" + (
+        f' &middot; <span class="principle" title="{evidence}">{escape(str(label))}</span>' if label else ""
+    )
 
 
 def eval_page(folder: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cai_kit.cli.flags import default, engine_flags
-from cai_kit.core.errors import usage_errors
+from cai_kit.core.errors import UsageError, usage_errors
 from cai_kit.evaluation.benchmarks import BENCHMARKS
 from cai_kit.evaluation.guards import CHOICES as GUARD_FORMATS
 from cai_kit.evaluation.options import DEFAULT_PROMPTS, SUITES, EvalOptions, make_options, parse_prompt_overrides
@@ -79,6 +79,19 @@ E = EvalOptions
     help="Report folder; answers cached there are reused on rerun. [default: runs/eval-<time>]",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@click.option(
+    "--answers",
+    type=click.Path(dir_okay=False),
+    help="Label answers made elsewhere, loading no model: JSONL rows with id, prompt, answer and optionally "
+    "suite, category. Writes labels.jsonl beside the report.",
+)
+@click.option(
+    "--check-verdicts",
+    is_flag=True,
+    help="Score the verdict rules (and --judge-model) on the labelled check set data/eval/verdict_check.jsonl: "
+    "precision and recall per label.",
+)
+@click.option("--split", type=click.Choice(["dev", "test"]), help="With --check-verdicts: one split.  [default: both]")
 @usage_errors
 def eval_command(**kwargs) -> None:
     """Score harm, over-refusal and helpfulness of a model against its baseline; write a report with plots.
@@ -89,23 +102,53 @@ def eval_command(**kwargs) -> None:
       cai eval -m runs/train/final -b default --judge-model default --out runs/eval-after
       cai eval -m my_model -s harmful -p hf:walledai/HarmBench:standard:train --limit 50
       cai eval -m my_model -s xstest --suite-data xstest=xstest_prompts.csv --safety-judge allenai/wildguard
+      cai eval --answers my_server_answers.jsonl --out runs/eval-server
+      cai eval --check-verdicts --split test
     """
     from cai_kit.engines import parse_engine_options
     from cai_kit.evaluation.benchmarks import parse_suite_data
-    from cai_kit.evaluation.evaluate import run_eval
     from cai_kit.evaluation.report import summary_table
     from cai_kit.evaluation.safety_report import summary_text
 
+    answers, check, split = kwargs.pop("answers"), kwargs.pop("check_verdicts"), kwargs.pop("split")
+    check_flags(answers, check, split, kwargs)
     kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     kwargs["prompts"] = parse_prompt_overrides(list(kwargs["prompts"]), list(kwargs["suites"]))
     kwargs["suites"] = list(kwargs["suites"])
     kwargs["safety_judge_base_urls"] = list(kwargs["safety_judge_base_urls"])
     kwargs["suite_data"] = parse_suite_data(kwargs["suite_data"])
-    results = run_eval(make_options(**{k: v for k, v in kwargs.items() if v is not None}))
-    click.echo(summary_table(results))
-    if summary_text(results):  # the safety judge's and the public benchmarks' rates
-        click.echo("\n" + summary_text(results))
+    options = make_options(**{k: v for k, v in kwargs.items() if v is not None})
+    if check:
+        from cai_kit.evaluation.check_set import check_table, run_check
+
+        click.echo(check_table(run_check(options, split)))
+        return
+    if answers:
+        from cai_kit.evaluation.answers import score_answers
+
+        results = score_answers(answers, options.out, [s for s in kwargs["suites"] if s != "all"], options.examples)
+        click.echo(f"{summary_table(results)}\nlabels: {results['options']['out']}/labels.jsonl")
+    else:
+        from cai_kit.evaluation.evaluate import run_eval
+
+        results = run_eval(options)
+        click.echo(summary_table(results))
+        if summary_text(results):  # the safety judge's and the public benchmarks' rates
+            click.echo("\n" + summary_text(results))
     click.echo(f"report: {results['options']['out']}/report.md")
+
+
+def check_flags(answers: str | None, check: bool, split: str | None, kwargs: dict) -> None:
+    """Flags that do not go together, one line each."""
+    problems = []
+    if answers and check:
+        problems.append("--answers and --check-verdicts: choose one")
+    if split and not check:
+        problems.append("--split goes with --check-verdicts")
+    problems += [f"--answers labels answers without a model: drop --{flag.replace('_', '-')}"
+                 for flag in ("baseline", "judge_model") if answers and kwargs.get(flag)]
+    if problems:
+        raise UsageError(problems)
 
 
 COMMANDS = [eval_command]

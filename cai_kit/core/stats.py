@@ -40,3 +40,23 @@ def format_rate(entry: dict[str, Any] | None) -> str:
     if not entry or entry.get("rate") is None:
         return "-"
     return f"{entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
+def mean_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """{"mean", "low", "high", "n"}: a mean with its 95% percentile-bootstrap interval over the values.
+
+    For per-prompt figures (an answer's NLL, a difference between two models on one prompt): the
+    bootstrap makes no normality assumption and needs no t table; the fixed seed keeps a report
+    reproducible. Fewer than two values give the mean with no interval (low = high = mean).
+    """
+    import random
+
+    n = len(values)
+    if not n:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": n}
+    draw = random.Random(seed)
+    means = sorted(sum(draw.choices(values, k=n)) / n for _ in range(resamples))
+    return {"mean": mean, "low": means[int(0.025 * resamples)], "high": means[int(0.975 * resamples) - 1], "n": n}

@@ -3,6 +3,9 @@
 An engine turns chat conversations into replies (`generate`) and scores given continuations
 (`logprobs`, used by judges). Backends are chosen from a plain dict by name; each imports its
 heavy dependency only when it is built, so a missing extra fails with one actionable line.
+
+Outside the contract, the transformers engine also has `token_logprobs` (each continuation token's
+log-prob): `cai eval` measures answer retention with it, and says "not measured" for an engine without it.
 """
 
 from __future__ import annotations

@@ -266,7 +266,19 @@ class TransformersEngine:
         return replies
 
     def logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[float]:
-        """Sum of log-probs of each continuation after its rendered conversation.
+        """Sum of log-probs of each continuation after its rendered conversation."""
+        return [float(row.sum()) for row in self._continuation_logps(conversations, continuations, self.batch_size)]
+
+    def token_logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[list[float]]:
+        """The log-prob of every token of each continuation (an answer's mean NLL needs its token count).
+
+        Batches of at most 8: a continuation here is a whole answer, so the kept logits are wide.
+        """
+        rows = self._continuation_logps(conversations, continuations, min(self.batch_size, 8))
+        return [row.tolist() for row in rows]
+
+    def _continuation_logps(self, conversations: list[Conversation], continuations: list[str], batch_size: int):
+        """Per continuation, a 1-D tensor of its tokens' log-probs after its rendered conversation.
 
         Rows are left-padded so every continuation ends the row, and only the last positions' logits
         are computed (`logits_to_keep`): a full [batch, length, vocabulary] float tensor is ~4 GB at
@@ -277,10 +289,9 @@ class TransformersEngine:
         prompts = self._encode([self.render(c) for c in conversations])
         full = self._encode([self.render(c) + cont for c, cont in zip(conversations, continuations)])
         pad = self.tokenizer.pad_token_id
-        scores: list[float] = []
-        for start in range(0, len(full), self.batch_size):
-            rows = full[start : start + self.batch_size]
-            lengths = [len(r) - len(p) for r, p in zip(rows, prompts[start : start + self.batch_size])]
+        for start in range(0, len(full), batch_size):
+            rows = full[start : start + batch_size]
+            lengths = [len(r) - len(p) for r, p in zip(rows, prompts[start : start + batch_size])]
             width, keep = max(len(r) for r in rows), max(lengths) + 1
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
@@ -291,8 +302,7 @@ class TransformersEngine:
                 ).logits.float()
             # logits[:, j] predicts the token at width - keep + j + 1
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, width - keep + 1 :, None])[..., 0]
-            scores += [float(logp[k, keep - 1 - n : keep - 1].sum()) for k, n in enumerate(lengths)]
-        return scores
+            yield from (logp[k, keep - 1 - n : keep - 1] for k, n in enumerate(lengths))
 
     def close(self) -> None:
         self.model = None

@@ -30,7 +30,7 @@ def check_judge_once(
     path = cache_dir() / "judge-check" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    print(f"cai generate: checking the judge {judge_name} first (cai judge-check)", file=sys.stderr)
+    print(f"cai: checking the judge {judge_name} first (cai judge-check)", file=sys.stderr)
     results = check_judge(
         judge, questions, min_accuracy=min_accuracy, min_consistency=min_consistency, stop_early=True
     )
