@@ -9,7 +9,11 @@ from pathlib import Path
 
 import click
 
+from cai_kit.cli.flags import constitution_option, default
 from cai_kit.core.errors import UsageError, usage_errors
+from cai_kit.generation.options import GenerateOptions
+
+G = GenerateOptions
 
 
 @click.group()
@@ -57,25 +61,30 @@ def schema_command(kind: str) -> None:
 
 @click.command(name="try")
 @click.argument("prompt")
-@click.option(
-    "--constitution",
-    "-c",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Constitution: a YAML file, or a shipped name (`cai ls`).",
-)
+@constitution_option
 @click.option("--principle", "-P", help="Use this principle in every round.  [default: sampled by weight]")
 @click.option(
-    "--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id."
+    "--model",
+    "-m",
+    default=default(G, "model"),
+    help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id.",
 )
-@click.option("--engine", default="transformers", help="transformers, vllm, openai or auto.")
-@click.option("--rounds", type=click.IntRange(1), default=1, help="Critique/revision rounds.")
+@click.option("--engine", default=default(G, "engine"), help="transformers, vllm, openai or auto.")
+@click.option("--rounds", type=click.IntRange(1), default=default(G, "rounds"), help="Critique/revision rounds.")
 @click.option("--category", default="", help="The prompt's category, for principles limited to some categories.")
-@click.option("--seed", type=int, default=0, help="Picks the sampled principle, and the sample when temperature > 0.")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=128)
-@click.option("--temperature", type=click.FloatRange(0), default=0.0, help="0 is greedy.")
 @click.option(
-    "--few-shot", type=click.IntRange(0), default=2, help="Constitution examples shown before each critique."
+    "--seed",
+    type=int,
+    default=default(G, "seed"),
+    help="Picks the sampled principle, and the sample when temperature > 0.",
+)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=default(G, "max_new_tokens"))
+@click.option("--temperature", type=click.FloatRange(0), default=default(G, "temperature"), help="0 is greedy.")
+@click.option(
+    "--few-shot",
+    type=click.IntRange(0),
+    default=default(G, "few_shot"),
+    help="Constitution examples shown before each critique.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @usage_errors

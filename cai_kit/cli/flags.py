@@ -3,6 +3,7 @@ what the library really does)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +20,17 @@ def shown(schema: type[BaseModel], name: str) -> str:
     value = default(schema, name)
     text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     return f"  [default: {text}]"
+
+
+def constitution_option(func):
+    """The required `--constitution/-c` of the commands that run a constitution (generate, try)."""
+    return click.option(
+        "--constitution",
+        "-c",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Constitution: a YAML file, or a shipped name (`cai ls`).",
+    )(func)
 
 
 def engine_flags(func):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from cai_kit.cli.flags import default, engine_flags, licence_flags, shown
+from cai_kit.cli.flags import constitution_option, default, engine_flags, licence_flags, shown
 from cai_kit.core.errors import usage_errors
 from cai_kit.generation.options import PAIR_MODES, GenerateOptions
 
@@ -14,13 +12,7 @@ G = GenerateOptions
 
 
 @click.command()
-@click.option(
-    "--constitution",
-    "-c",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Constitution: a YAML file, or a shipped name (`cai ls`).",
-)
+@constitution_option
 @click.option(
     "--prompts",
     "-p",
