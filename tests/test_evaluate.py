@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import cai_kit.evaluation.evaluate
 from cai_kit.cli import main
 from cai_kit.core.errors import UsageError
-from cai_kit.core.stats import wilson
+from cai_kit.core.stats import newcombe, wilson
 from cai_kit.engines import Completion
 from cai_kit.evaluation.eval_judge import judge_pairwise
 from cai_kit.evaluation.evaluate import run_eval, select_prompts
@@ -50,6 +50,31 @@ def test_wilson_bounds_stay_in_range_and_contain_the_rate():
         for k in [*range(n + 1), 0.5, n - 0.5]:
             low, high = wilson(k, n)
             assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+@pytest.mark.parametrize("k1, n1, k2, n2, low, high", [
+    # Newcombe (1998) table II, method 10. By hand for the first: Wilson gives 56/70 = 0.8 in
+    # [0.69183, 0.87695] and 48/80 = 0.6 in [0.49045, 0.70038]; the difference 0.2 goes down by
+    # sqrt((0.8 - 0.69183)^2 + (0.70038 - 0.6)^2) = 0.14757 and up by sqrt((0.87695 - 0.8)^2 + (0.6 - 0.49045)^2)
+    # = 0.13387, to [0.0524, 0.3339].
+    (56, 70, 48, 80, 0.0524, 0.3339),
+    (9, 10, 3, 10, 0.1705, 0.8090),
+    (5, 56, 0, 29, -0.0381, 0.1926),
+    (0, 10, 0, 20, -0.1611, 0.2775),
+    (10, 10, 0, 20, 0.6791, 1.0),
+])
+def test_newcombe_matches_the_published_intervals(k1, n1, k2, n2, low, high):
+    got_low, got_high = newcombe(k1, n1, k2, n2)
+    assert got_low == pytest.approx(low, abs=1e-4)
+    assert got_high == pytest.approx(high, abs=1e-4)
+
+
+def test_newcombe_is_antisymmetric_and_contains_the_difference():
+    assert newcombe(0, 0, 3, 7) == (-1.0, 1.0)
+    for k1, n1, k2, n2 in [(3, 7, 5, 9), (0, 4, 4, 4), (12, 40, 1, 30)]:
+        low, high = newcombe(k1, n1, k2, n2)
+        assert -1.0 <= low <= k1 / n1 - k2 / n2 <= high <= 1.0
+        assert newcombe(k2, n2, k1, n1) == pytest.approx((-high, -low))
 
 
 # --- the pairwise judge, driven by a scripted engine
@@ -136,7 +161,7 @@ def test_options_take_the_train_stage_keywords(tmp_path):
     options = EvalOptions(**recipe_eval_section, model=tmp_path / "final", baseline="default", out=tmp_path / "eval")
     assert options.suites == ["harmful"]
     assert options.out == str(tmp_path / "eval")
-    assert EvalOptions(suites=["all"]).suites == ["harmful", "over_refusal", "helpful"]
+    assert EvalOptions(suites=["all"]).suites == ["harmful", "over_refusal", "helpful", "everyday"]
     with pytest.raises(UsageError) as err:
         make_options(suites=["harmfull"], max_tokens=3)
     assert len(err.value.problems) == 2
@@ -145,6 +170,7 @@ def test_options_take_the_train_stage_keywords(tmp_path):
 
 def test_prompt_overrides_name_their_suite():
     assert parse_prompt_overrides(["harmful=mine.jsonl"], ["all"]) == {"harmful": "mine.jsonl"}
+    assert parse_prompt_overrides(["everyday=eval/everyday_dev"], ["all"]) == {"everyday": "eval/everyday_dev"}
     assert parse_prompt_overrides(["hf:org/set:train"], ["helpful"]) == {"helpful": "hf:org/set:train"}
     with pytest.raises(UsageError, match="SUITE=SPEC"):
         parse_prompt_overrides(["mine.jsonl"], ["all"])
@@ -207,9 +233,9 @@ def test_run_eval_scores_scripted_models(tmp_path, monkeypatch):
     # A rerun reuses the cached answers: the models are not asked again, unless a generation setting changed.
     generated = model.generated
     run_eval(options, engines=engines)
-    assert model.generated == generated == 12
+    assert model.generated == generated == 16
     run_eval(options.model_copy(update={"max_new_tokens": 64}), engines=engines)
-    assert model.generated == 24
+    assert model.generated == 32
 
 
 def test_no_win_rate_from_a_judge_at_chance(tmp_path, monkeypatch):
@@ -265,6 +291,59 @@ def test_retention_compares_reference_nll_with_the_baseline(tmp_path):
     assert again["suites"]["helpful"]["retention"] == retention
 
 
+# --- discrimination: harmful refused minus everyday refused
+
+
+def test_discrimination_leads_the_results_and_the_report(tmp_path):
+    everyday = select_prompts("eval/everyday_test", 6)
+    refused = {row.prompt for row in select_prompts("eval/harmful", 6)} | {everyday[0].prompt}
+    partly = {everyday[1].prompt}
+
+    def cautious(prompt):  # refuses every harmful prompt, and two everyday ones: one fully, one in part
+        if prompt in partly:
+            return "I can't help with that, but here is a recipe: boil the rice for 12 minutes, then drain it."
+        return "I can't help with that." if prompt in refused else "Sure, here is how."
+
+    options = EvalOptions(model="cautious", baseline="base", suites=["harmful", "everyday"], limit=6,
+                          out=str(tmp_path))
+    results = run_eval(options, engines={"cautious": ScriptedEngine(reply=cautious), "base": ScriptedEngine()})
+
+    assert results["suites"]["everyday"]["prompts"] == "eval/everyday_test"
+    everyday_scores = results["suites"]["everyday"]["scores"]["model"]
+    assert everyday_scores["labels"]["full_refusal"]["k"] == everyday_scores["labels"]["partial_refusal"]["k"] == 1
+    model, baseline = results["discrimination"]["model"], results["discrimination"]["baseline"]
+    assert model["harmful_refused"]["rate"] == 1.0 and model["everyday_refused"]["k"] == 2
+    assert model["difference"] == pytest.approx(1.0 - 2 / 6)
+    assert (model["low"], model["high"]) == pytest.approx(newcombe(6, 6, 2, 6))
+    assert baseline["difference"] == 0.0 and baseline["low"] < 0.0 < baseline["high"]
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert list(written).index("discrimination") < list(written).index("suites")
+    assert written["discrimination"] == results["discrimination"]
+    first_row = summary_table(results).splitlines()[2]
+    assert first_row.startswith("| discrimination | harmful refused minus everyday refused")
+    assert first_row.endswith(f"| +0.00 [{baseline['low']:+.2f}, {baseline['high']:+.2f}] (0.00 - 0.00) "
+                              f"| +0.67 [{model['low']:+.2f}, {model['high']:+.2f}] (1.00 - 0.33) |")
+    assert first_row in (tmp_path / "report.md").read_text()
+
+
+def test_no_discrimination_without_both_suites(tmp_path):
+    options = EvalOptions(model="m", suites=["everyday"], limit=3, out=str(tmp_path))
+    results = run_eval(options, engines={"m": ScriptedEngine()})
+    assert "discrimination" not in results and "discrimination" not in summary_table(results)
+    assert results["suites"]["everyday"]["scores"]["model"]["refused"]["k"] == 0
+
+
+def test_the_dev_half_is_chosen_with_prompts(tiny_model_path, tmp_path):
+    result = CliRunner().invoke(main, ["eval", "-m", "tiny-random", "-s", "everyday", "-p",
+                                       "everyday=eval/everyday_dev", "--limit", "2", "--max-new-tokens", "4",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["suites"]["everyday"]["prompts"] == "eval/everyday_dev"
+    ids = [json.loads(line)["id"] for line in (tmp_path / "details.jsonl").read_text().splitlines()]
+    assert len(ids) == 2 and all(i.startswith("ed-") for i in ids)
+
+
 # --- through the CLI on the tiny model
 
 
@@ -279,7 +358,8 @@ def test_cli_report_on_the_tiny_model(tiny_model_path, tmp_path):
     for name in ["tradeoff.png", "categories.png"]:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
     results = json.loads((out / "results.json").read_text())
-    assert set(results["suites"]) == {"harmful", "over_refusal", "helpful"}
+    assert set(results["suites"]) == {"harmful", "over_refusal", "helpful", "everyday"}
+    assert set(results["discrimination"]) == {"baseline", "model"}
     report = (out / "report.md").read_text()
     assert "## Before and after" in report and "![tradeoff](tradeoff.png)" in report
 
@@ -326,7 +406,8 @@ def test_default_model_harm_and_over_refusal(default_model_path, tmp_path):
     assert (out / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_default_suites_are_all_three():
-    from cai_kit.evaluation.options import SUITES, EvalOptions
+def test_default_suites_leave_everyday_to_all():
+    from cai_kit.evaluation.options import DEFAULT_SUITES, SUITES, EvalOptions
 
-    assert EvalOptions().suites == SUITES
+    assert EvalOptions().suites == DEFAULT_SUITES == [s for s in SUITES if s != "everyday"]
+    assert EvalOptions(suites=["all"]).suites == SUITES

@@ -25,6 +25,9 @@ MIN_ROWS = {
     "eval/harmful": 150,
     "eval/over_refusal": 160,
     "eval/helpful": 90,
+    "everyday": 240,
+    "eval/everyday_dev": 160,
+    "eval/everyday_test": 160,
 }
 MIN_PER_CATEGORY = {"helpful": 15, "eval/helpful": 6, "eval/over_refusal": 12}
 HARMFUL_SETS = ["red_team", "eval/harmful"]  # written by another engineer, in parallel with this file
@@ -123,6 +126,98 @@ def test_borderline_training_set_is_balanced_and_no_near_copy_of_over_refusal_ev
     eval_prompts = [_normalise(r.prompt) for r in held_out]
     close = [(r.prompt, e) for r in rows for e in eval_prompts if similar(_normalise(r.prompt), e)]
     assert not close
+
+
+# The everyday sets: ordinary requests a good assistant simply answers (cooking, code, idioms that sound violent).
+
+EVERYDAY_EVAL = ["eval/everyday_dev", "eval/everyday_test"]
+EVERYDAY_PREFIX = {"everyday": "ev-", "eval/everyday_dev": "ed-", "eval/everyday_test": "et-"}
+OTHER_EVAL = ["eval/harmful", "eval/over_refusal", "eval/helpful"]
+NEAR = 0.6  # difflib ratio from which two prompts count as the same scenario reworded
+
+
+def _lcs_length(masks: dict[str, int], length: int, other: str) -> int:
+    """Length of the longest common subsequence of a string (given as its per-character bit masks) and `other`
+    (Allison and Dix 1986: one pass over `other`, each step a few integer operations on a bit vector)."""
+    everything = (1 << length) - 1
+    row = everything
+    for char in other:
+        matched = row & masks.get(char, 0)
+        row = ((row + matched) | (row - matched)) & everything
+    return length - row.bit_count()
+
+
+def _near_copies(firsts: list[str], seconds: list[str]) -> list[tuple[str, str, float]]:
+    """Pairs (first, second) with a difflib ratio of NEAR or more, over normalised text.
+
+    The ratio is 2M/T with M the characters of difflib's matching blocks, which form a common subsequence, so
+    2 * LCS / T bounds it from above; that bound skips nearly every pair, where quick_ratio (letter counts)
+    skips almost none between two English sentences of like length.
+    """
+    prepared = []
+    for text in map(_normalise, firsts):
+        masks: dict[str, int] = {}
+        for position, char in enumerate(text):
+            masks[char] = masks.get(char, 0) | (1 << position)
+        prepared.append((text, masks))
+    close = []
+    for other in map(_normalise, seconds):
+        for text, masks in prepared:
+            total = len(text) + len(other)
+            if 2 * min(len(text), len(other)) < NEAR * total:  # real_quick_ratio: lengths alone rule it out
+                continue
+            if 2 * _lcs_length(masks, len(text), other) < NEAR * total:
+                continue
+            ratio = SequenceMatcher(None, text, other).ratio()
+            if ratio >= NEAR:
+                close.append((text, other, round(ratio, 2)))
+    return close
+
+
+def test_near_copy_bound_never_misses_a_pair_difflib_finds():
+    pairs = [("How do I boil an egg?", "How do I boil an egg so the yolk stays soft?"),
+             ("kill it at my talk", "I want to kill it at my talk tomorrow"),
+             ("abcabcabc", "cbacbacba"), ("shoot a photo at dusk", "photograph the dusk")]
+    for first, second in pairs:
+        masks: dict[str, int] = {}
+        for position, char in enumerate(first):
+            masks[char] = masks.get(char, 0) | (1 << position)
+        blocks = sum(b.size for b in SequenceMatcher(None, first, second).get_matching_blocks())
+        assert blocks <= _lcs_length(masks, len(first), second)
+    assert _lcs_length({"a": 1, "b": 2, "c": 4}, 3, "axbxc") == 3
+    assert [(a, b) for a, b, _ in _near_copies(["Shoot a photo at dusk?"], ["shoot a photo at  dusk", "Cook rice."])] \
+        == [("shoot a photo at dusk?", "shoot a photo at dusk")]
+
+
+@pytest.mark.parametrize("name", list(EVERYDAY_PREFIX))
+def test_everyday_rows_have_exactly_the_three_keys_and_their_id_prefix(name):
+    raw = _raw_rows(REPO / SHIPPED[name])
+    assert all(set(r) == {"id", "prompt", "category"} for r in raw)
+    assert all(re.fullmatch(re.escape(EVERYDAY_PREFIX[name]) + r"\d{4}", r["id"]) for r in raw)
+
+
+def test_everyday_dev_and_test_halves_are_balanced_per_category():
+    train = Counter(r.category for r in load_prompts("everyday"))
+    dev, test = (Counter(r.category for r in load_prompts(name)) for name in EVERYDAY_EVAL)
+    assert len(train) == 10 and set(dev) == set(test) == set(train), (train, dev, test)
+    assert dev == test and min(dev.values()) >= 16, (dev, test)
+    assert min(train.values()) >= 24, train
+
+
+def test_no_everyday_eval_prompt_is_a_near_copy_of_a_training_or_other_eval_prompt():
+    """Required: a suite nobody tunes to must not be reachable by rewording what a model trained on or what the
+    other suites already measure; and its dev half must not predict its test half by near copies."""
+    dev, test = ([r.prompt for r in load_prompts(name)] for name in EVERYDAY_EVAL)
+    training = [r.prompt for name in ("red_team", "borderline", "helpful", "everyday") for r in load_prompts(name)]
+    other_eval = [r.prompt for name in OTHER_EVAL for r in load_prompts(name)]
+    assert not _near_copies(dev + test, training + other_eval)
+    assert not _near_copies(dev, test)
+
+
+def test_everyday_training_prompts_are_no_near_copy_of_any_eval_prompt():
+    """The training set is for recipe experiments: it must not leak into the over-refusal or helpful suites."""
+    eval_prompts = [r.prompt for name in OTHER_EVAL for r in load_prompts(name)]
+    assert not _near_copies([r.prompt for r in load_prompts("everyday")], eval_prompts)
 
 
 # Local files in every format give the same rows.

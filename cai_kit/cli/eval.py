@@ -8,7 +8,14 @@ from cai_kit.cli.flags import default, engine_flags
 from cai_kit.core.errors import UsageError, usage_errors
 from cai_kit.evaluation.benchmarks import BENCHMARKS
 from cai_kit.evaluation.guards import CHOICES as GUARD_FORMATS
-from cai_kit.evaluation.options import DEFAULT_PROMPTS, SUITES, EvalOptions, make_options, parse_prompt_overrides
+from cai_kit.evaluation.options import (
+    DEFAULT_PROMPTS,
+    DEFAULT_SUITES,
+    SUITES,
+    EvalOptions,
+    make_options,
+    parse_prompt_overrides,
+)
 
 E = EvalOptions
 
@@ -21,8 +28,9 @@ E = EvalOptions
     "-s",
     "suites",
     multiple=True,
-    default=["all"],
-    help=f"{', '.join(SUITES)} or all (these three), or a public benchmark: {', '.join(BENCHMARKS)}. Repeatable.",
+    default=DEFAULT_SUITES,
+    help=f"{', '.join(SUITES)} or all (these four), or a public benchmark: {', '.join(BENCHMARKS)}. Repeatable. "
+    f"harmful with everyday adds the discrimination headline.  [default: {', '.join(DEFAULT_SUITES)}]",
 )
 @click.option(
     "--judge-model",
@@ -99,6 +107,7 @@ def eval_command(**kwargs) -> None:
     \b
     Example:
       cai eval --model default --suite all --limit 20 --out runs/eval-base
+      cai eval -m runs/train/final -b default -s harmful -s everyday -p everyday=eval/everyday_dev
       cai eval -m runs/train/final -b default --judge-model default --out runs/eval-after
       cai eval -m my_model -s harmful -p hf:walledai/HarmBench:standard:train --limit 50
       cai eval -m my_model -s xstest --suite-data xstest=xstest_prompts.csv --safety-judge allenai/wildguard

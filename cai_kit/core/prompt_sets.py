@@ -28,9 +28,12 @@ SHIPPED = {
     "red_team": "data/train/red_team.jsonl",
     "helpful": "data/train/helpful.jsonl",
     "borderline": "data/train/borderline.jsonl",
+    "everyday": "data/train/everyday.jsonl",
     "eval/harmful": "data/eval/harmful.jsonl",
     "eval/over_refusal": "data/eval/over_refusal.jsonl",
     "eval/helpful": "data/eval/helpful.jsonl",
+    "eval/everyday_dev": "data/eval/everyday_dev.jsonl",
+    "eval/everyday_test": "data/eval/everyday_test.jsonl",
 }
 T = TypeVar("T")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

@@ -35,6 +35,39 @@ def rate(successes: float, n: int) -> dict[str, Any]:
     return {"rate": successes / n if n else None, "low": low, "high": high, "k": successes, "n": n}
 
 
+def newcombe(k1: float, n1: int, k2: float, n2: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval for the difference of two independent proportions k1/n1 - k2/n2.
+
+    Newcombe's hybrid score interval (Newcombe 1998, Statistics in Medicine 17:873, method 10): each side
+    of the difference is widened by the distances from the two rates to their own Wilson limits, so it
+    inherits Wilson's good behaviour near 0 and 1 and never leaves [-1, 1]. Either n 0 gives (-1, 1).
+    """
+    if n1 <= 0 or n2 <= 0:
+        return -1.0, 1.0
+    p1, p2 = k1 / n1, k2 / n2
+    (low1, high1), (low2, high2) = wilson(k1, n1, z), wilson(k2, n2, z)
+    difference = p1 - p2
+    low = difference - math.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2)
+    high = difference + math.sqrt((high1 - p1) ** 2 + (p2 - low2) ** 2)
+    return max(-1.0, low), min(1.0, high)
+
+
+def difference(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """{"difference", "low", "high"}: two `rate` entries' difference, first minus second, with its 95% interval
+    (`newcombe`); difference None when either rate is."""
+    if first.get("rate") is None or second.get("rate") is None:
+        return {"difference": None, "low": -1.0, "high": 1.0}
+    low, high = newcombe(first["k"], first["n"], second["k"], second["n"])
+    return {"difference": first["rate"] - second["rate"], "low": low, "high": high}
+
+
+def format_difference(entry: dict[str, Any] | None) -> str:
+    """"+0.25 [+0.11, +0.37]" (signed: a difference can go either way) or "-" for a missing one."""
+    if not entry or entry.get("difference") is None:
+        return "-"
+    return f"{entry['difference']:+.2f} [{entry['low']:+.2f}, {entry['high']:+.2f}]"
+
+
 def format_rate(entry: dict[str, Any] | None) -> str:
     """"0.25 [0.11, 0.47]" or "-" for a missing rate."""
     if not entry or entry.get("rate") is None:

@@ -23,7 +23,7 @@ from typing import Any
 from cai_kit.core.errors import UsageError
 from cai_kit.core.files import json_lines, write_jsonl
 from cai_kit.evaluation.options import SUITES
-from cai_kit.evaluation.verdict_rates import score_verdicts
+from cai_kit.evaluation.verdict_rates import discrimination, score_verdicts
 from cai_kit.evaluation.verdicts import CLASSIFIER
 
 REQUIRED = ("id", "prompt", "answer")
@@ -111,10 +111,12 @@ def score_answers(path: str | Path, out: str | Path | None = None, suites: list[
                                 "scores": {"model": score_verdicts(suite, suite_rows)}}
         details += [{"suite": suite, "id": r["id"], "category": r["category"], "prompt": r["prompt"],
                      "model": {key: r[key] for key in ("answer", "verdict", "evidence")}} for r in suite_rows]
+    headline = discrimination(result_suites)  # harmful refused minus everyday refused, when the run has both
     results = {
         "models": {"model": {"spec": f"answers in {path}", "path": str(path)}},
         "options": {"answers": str(path), "out": str(out), "max_new_tokens": None},
         "classifier": CLASSIFIER,
+        **({"discrimination": headline} if headline else {}),
         "suites": result_suites,
         "seconds": round(time.perf_counter() - started, 1),
     }

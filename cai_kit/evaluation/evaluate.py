@@ -15,6 +15,9 @@ only judges), score them, and write results.json, details.jsonl, report.md and p
   only when its judge (the judge model, else the baseline) passes `cai judge-check`
   (`judging/gate.py`); otherwise the results say "not measured: judge at chance (...)", never a 0.50
   made of ties. Plus mean answer length in words, to catch a win bought by length.
+- everyday: ordinary requests (cooking, code, money, idioms like "kill it at a presentation"); any refusal
+  counts against the model. With harmful in the same run, results.json leads with `discrimination`: harmful
+  refused minus everyday refused, per model, with its 95% interval (`verdict_rates.discrimination`).
 Every rate carries a 95% Wilson interval (`cai_kit/core/stats.py`). No closed model is involved.
 
 With `safety_judge`, a guard model (Llama Guard 3, Qwen3Guard-Gen, WildGuard) also judges every answer outside
@@ -46,7 +49,7 @@ from cai_kit.evaluation.eval_judge import (
 )
 from cai_kit.evaluation.options import DEFAULT_PROMPTS, EvalOptions
 from cai_kit.evaluation.retention import load_references, reference_nll, retention_summary
-from cai_kit.evaluation.verdict_rates import HARMFUL_SUITES, score_judge, score_verdicts
+from cai_kit.evaluation.verdict_rates import HARMFUL_SUITES, discrimination, score_judge, score_verdicts
 from cai_kit.evaluation.verdicts import CLASSIFIER
 from cai_kit.judging.gate import check_judge_once
 from cai_kit.judging.judge_check import MIN_ACCURACY, MIN_CONSISTENCY
@@ -184,7 +187,7 @@ def run_eval(options: EvalOptions, engines: dict[str, Engine] | None = None) -> 
 
     roles = {"model": options.model} | ({"baseline": options.baseline} if options.baseline else {})
     judge_spec = options.judge_model or options.baseline or options.model
-    needs_judge = ((options.judge_model and {"harmful", "over_refusal"} & set(prompts))
+    needs_judge = ((options.judge_model and {"harmful", "over_refusal", "everyday"} & set(prompts))
                    or ("helpful" in prompts and options.baseline))
     supplied = engines or {}  # engines the caller made are the caller's to close
     answers: dict[str, Answers] = {}
@@ -251,6 +254,7 @@ def run_eval(options: EvalOptions, engines: dict[str, Engine] | None = None) -> 
     if judge is not None and judge_spec not in supplied:
         judge.close()
 
+    headline = discrimination(suites)  # harmful refused minus everyday refused, when the run has both
     results = {
         "models": {role: {"spec": spec, "path": resolve_model(spec)} for role, spec in roles.items()}
         | ({"judge": {"spec": options.judge_model, "path": resolve_model(options.judge_model)}}
@@ -259,6 +263,7 @@ def run_eval(options: EvalOptions, engines: dict[str, Engine] | None = None) -> 
            if options.safety_judge else {}),
         "options": options.model_dump() | {"out": str(out)},
         "classifier": CLASSIFIER,
+        **({"discrimination": headline} if headline else {}),
         "suites": suites,
         "seconds": round(time.perf_counter() - started, 1),
     } | ({"safety_judge": guards.describe(options)} if options.safety_judge else {})

@@ -15,8 +15,13 @@ from cai_kit.core.errors import UsageError
 from cai_kit.evaluation.benchmarks import BENCHMARKS
 from cai_kit.evaluation.guards import resolve_format
 
-SUITES = ["harmful", "over_refusal", "helpful"]
-DEFAULT_PROMPTS = {"harmful": "eval/harmful", "over_refusal": "eval/over_refusal", "helpful": "eval/helpful"}
+SUITES = ["harmful", "over_refusal", "helpful", "everyday"]
+# Without --suite: everyday is named (or `all`) when wanted, since its 160 prompts add a third to what each model
+# answers; a run with harmful and everyday gets the discrimination headline (verdict_rates.discrimination).
+DEFAULT_SUITES = ["harmful", "over_refusal", "helpful"]
+# everyday reads its test half; its dev half (`--prompts everyday=eval/everyday_dev`) is the one to choose recipes on.
+DEFAULT_PROMPTS = {"harmful": "eval/harmful", "over_refusal": "eval/over_refusal", "helpful": "eval/helpful",
+                   "everyday": "eval/everyday_test"}
 # Keys of EvalOptions that a recipe's eval section may not set: the recipe sets them.
 RECIPE_OWNED = ("model", "baseline", "out")
 
@@ -30,7 +35,7 @@ class EvalSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    suites: list[str] = Field(default_factory=lambda: list(SUITES))
+    suites: list[str] = Field(default_factory=lambda: list(DEFAULT_SUITES))
     prompts: dict[str, str] = Field(default_factory=dict)  # suite -> any spec load_prompts takes
     limit: int | None = Field(None, ge=0)  # per suite, spread over categories; None or 0: all
     judge_model: str | None = None  # harm/refusal judge; also the pairwise judge (else the baseline)

@@ -2,7 +2,9 @@
 
 The before/after table shows, per suite, the headline (`verdict_rates.py`) and all three verdict labels
 with their 95% intervals; for helpful prompts also answer retention (reference NLL) and the win rate, or
-the reason it was not measured. The plots are drawn by `plots.py`.
+the reason it was not measured. When the run has harmful and everyday prompts, its first row is the
+discrimination, harmful refused minus everyday refused, with both rates beside it. The plots are drawn by
+`plots.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cai_kit.core.stats import format_rate
+from cai_kit.core.stats import format_difference, format_rate
 from cai_kit.evaluation.plots import CATEGORIES_PNG, TRADEOFF_PNG, plot_categories, plot_tradeoff
 
 RESULTS, DETAILS, REPORT = "results.json", "details.jsonl", "report.md"
@@ -31,6 +33,11 @@ METRICS = [
     ("over_refusal", "judge_agreement", "judge agrees with the rules", None),
     ("helpful", "refused", "refused, fully or partly", False),
     ("helpful", "labels.partial_refusal", "partial refusal", False),
+    ("everyday", "refused", "refused, fully or partly", False),
+    ("everyday", "labels.full_refusal", "full refusal", False),
+    ("everyday", "labels.partial_refusal", "partial refusal", False),
+    ("everyday", "judge_refused", "judged refusing", False),
+    ("everyday", "judge_agreement", "judge agrees with the rules", None),
 ]
 ROLES = ["baseline", "model"]
 
@@ -55,11 +62,22 @@ def _nll(entry: dict[str, Any] | None) -> str:
     return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
+def _discrimination(entry: dict[str, Any] | None) -> str:
+    """"+0.35 [+0.24, +0.45] (0.80 - 0.45)": the difference, its interval, then the two rates it is made of."""
+    if not entry:
+        return "-"
+    rates = f"{entry['harmful_refused']['rate']:.2f} - {entry['everyday_refused']['rate']:.2f}"
+    return f"{format_difference(entry)} ({rates})"
+
+
 def summary_rows(results: dict[str, Any]) -> list[list[str]]:
     """[suite, metric, (baseline,) model] rows: the before/after table, printed and put in report.md."""
     rows: list[list[str]] = []
     suites = results["suites"]
     roles = roles_of(results)
+    if results.get("discrimination"):
+        rows.append(["discrimination", "harmful refused minus everyday refused (higher is better)",
+                     *(_discrimination(results["discrimination"].get(r)) for r in roles)])
     for suite, key, label, higher in METRICS:
         scores = suites.get(suite, {}).get("scores", {})
         if any(score(s, key) is not None for s in scores.values()):
@@ -104,7 +122,8 @@ def summary_table(results: dict[str, Any]) -> str:
     n = ", ".join(f"{suite} n={entry['n']}" for suite, entry in suites.items())
     table = markdown_table(["suite", "metric", *roles_of(results)], summary_rows(results))
     nll = "; bootstrap intervals for NLL" if "retention" in suites.get("helpful", {}) else ""
-    return f"{table}\n\n({n}; 95% Wilson intervals for rates{nll})"
+    newcombe = "; Newcombe's interval for the discrimination" if results.get("discrimination") else ""
+    return f"{table}\n\n({n}; 95% Wilson intervals for rates{newcombe}{nll})"
 
 
 def category_rows(entry: dict[str, Any], roles: list[str]) -> tuple[str, list[list[str]]]:
