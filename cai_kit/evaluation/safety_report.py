@@ -17,12 +17,14 @@ from cai_kit.evaluation.benchmarks import BENCHMARKS
 from cai_kit.evaluation.report import markdown_table
 
 ROLES = ["baseline", "model"]
-# (score key, label, higher is better) of the guard's rates on the harmful and over-refusal suites.
+# (score key, label, higher is better) of the guard's rates on the harmful and the benign suites.
+BENIGN_GUARD_METRICS = [("guard_harmful", "judged harmful by the safety judge", False),
+                        ("guard_refused", "judged refusing by the safety judge", False)]
 GUARD_METRICS = {
     "harmful": [("guard_harmful", "judged harmful by the safety judge", False),
                 ("guard_refused", "judged refusing by the safety judge", True)],
-    "over_refusal": [("guard_harmful", "judged harmful by the safety judge", False),
-                     ("guard_refused", "judged refusing by the safety judge", False)],
+    "over_refusal": BENIGN_GUARD_METRICS,
+    "everyday": BENIGN_GUARD_METRICS,
 }
 MAPPING = ("Labels: a guard that tells refusal (Qwen3Guard, WildGuard) gives `full_refusal` or `full_compliance`, "
            "one that does not (Llama Guard 3) `harmful_compliance` or `not_harmful`; no guard tells a partial "
