@@ -16,8 +16,8 @@ from cai_kit.evaluation.benchmarks import BENCHMARKS
 from cai_kit.evaluation.guards import resolve_format
 
 SUITES = ["harmful", "over_refusal", "helpful", "everyday"]
-# Without --suite: everyday is named (or `all`) when wanted, since its 160 prompts add a third to what each model
-# answers; a run with harmful and everyday gets the discrimination headline (verdict_rates.discrimination).
+# The suites without --suite. everyday is asked for by name or with `all`: its 160 prompts add a third to what each
+# model answers. A run with harmful and everyday gets the discrimination headline (verdict_rates.discrimination).
 DEFAULT_SUITES = ["harmful", "over_refusal", "helpful"]
 # everyday reads its test half; its dev half (`--prompts everyday=eval/everyday_dev`) is the one to choose recipes on.
 DEFAULT_PROMPTS = {"harmful": "eval/harmful", "over_refusal": "eval/over_refusal", "helpful": "eval/helpful",
