@@ -80,8 +80,11 @@ def test_missing_vllm_is_one_actionable_line():
         load_engine("vllm", "tiny-random")
 
 
-def test_auto_is_transformers_without_vllm_and_a_gpu():
-    expected = "vllm" if HAS_VLLM and _cuda() else "transformers"
+def test_auto_is_transformers_without_vllm_and_a_gpu_or_openvino():
+    import importlib.util
+
+    openvino = importlib.util.find_spec("openvino_genai") is not None
+    expected = "vllm" if HAS_VLLM and _cuda() else "openvino" if openvino else "transformers"
     assert resolve_engine_name("auto") == expected
 
 
