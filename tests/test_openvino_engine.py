@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from cai_kit.core.errors import UsageError
-from cai_kit.engines import GenParams, load_engine, resolve_engine_name
-from cai_kit.engines import openvino_export
+from cai_kit.engines import GenParams, load_engine, openvino_export, resolve_engine_name
 
 FEW_SHOT = [
     {"role": "user", "content": "an example question " * 12},

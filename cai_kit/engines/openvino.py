@@ -51,7 +51,7 @@ class OpenVINOEngine:
         source = resolve_model(model)
         self.folder = ensure_exported(source, precision)
         started = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
         if chat_template:
             self.tokenizer.chat_template = load_chat_template(chat_template)
         if not self.tokenizer.chat_template:
