@@ -96,7 +96,7 @@ def openvino_runs(args, engine: TransformersEngine, recording: Recording, prompt
     contrast_rate = (engine.generated_tokens - before) / (time.perf_counter() - start)
     engine.close()
     started = time.perf_counter()
-    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False)
+    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=torch.get_num_threads())
     print(f"openvino engine loaded in {time.perf_counter() - started:.1f} s ({ov.folder.name})")
     rate, agree = replay(ov, recording.stages, recording.params, recording.replies)
     print(f"(g) pipeline, openvino engine {rate:8.1f} tokens/s   /b = {rate / tf_rate:.2f}  "

@@ -132,5 +132,6 @@ def test_recipe_engines_and_options_are_checked_at_validate(tmp_path, monkeypatc
         f"{recipe}:5: generate[0].engine_options: engine 'vllm' has no option 'gpu_mem'; its options: "
         "tensor_parallel_size, gpu_memory_utilization, max_model_len, dtype, enable_prefix_caching, seed, "
         "llm_options, chat_template, batch_size, trust_remote_code, progress",
-        f"{recipe}:7: generate[1].engine: unknown engine 'vlm'; choose one of: auto, transformers, vllm, openai, openvino",
+        f"{recipe}:7: generate[1].engine: unknown engine 'vlm'; choose one of: "
+        "auto, transformers, vllm, openai, openvino",
     ]

@@ -102,6 +102,17 @@ def test_logprobs_match_the_transformers_engine(engines):
     assert all(value < 0 for row in per_token for value in row)
 
 
+def test_threads_limit_both_the_pipeline_and_the_scorer(engines, tiny_model_path):
+    engine = load_engine("openvino", tiny_model_path, threads=1, progress=False)
+    assert engine.properties["INFERENCE_NUM_THREADS"] == 1
+    conversations, continuations = chats(2), ["an answer", " The"]
+    assert engine.logprobs(conversations, continuations) == pytest.approx(
+        engines["openvino"].logprobs(conversations, continuations), abs=1e-4
+    )
+    assert engine._scorer.get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
+    engine.close()
+
+
 def test_bad_options_are_one_line(tiny_model_path):
     with pytest.raises(UsageError, match="precision must be one of fp32, fp16"):
         load_engine("openvino", tiny_model_path, precision="int4", progress=False)

@@ -31,6 +31,7 @@ class OpenVINOEngine:
         max_num_batched_tokens: int = 2048,  # tokens one scheduler step may run (prefill chunks included)
         enable_prefix_caching: bool = True,
         num_streams: int = 1,
+        threads: int = 0,  # CPU threads for inference; 0: OpenVINO's choice (every core)
         chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
         batch_size: int = 32,  # requests submitted together; the pipeline schedules within them
         trust_remote_code: bool = False,
@@ -64,7 +65,9 @@ class OpenVINOEngine:
         scheduler.enable_prefix_caching = enable_prefix_caching
         scheduler.max_num_batched_tokens = max_num_batched_tokens
         scheduler.dynamic_split_fuse = True
-        self.properties = {"KV_CACHE_PRECISION": kv_cache_precision, "NUM_STREAMS": num_streams}
+        self.properties: dict[str, Any] = {"KV_CACHE_PRECISION": kv_cache_precision, "NUM_STREAMS": num_streams}
+        if threads:
+            self.properties["INFERENCE_NUM_THREADS"] = threads
         self.pipeline = openvino_genai.ContinuousBatchingPipeline(
             str(self.folder), scheduler, "CPU", self.properties
         )
@@ -167,9 +170,10 @@ class OpenVINOEngine:
         if self._scorer is None:
             import openvino as ov
 
-            compiled = ov.Core().compile_model(
-                str(self.folder / "openvino_model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
-            )
+            properties = {"INFERENCE_PRECISION_HINT": "f32"}
+            if "INFERENCE_NUM_THREADS" in self.properties:
+                properties["INFERENCE_NUM_THREADS"] = self.properties["INFERENCE_NUM_THREADS"]
+            compiled = ov.Core().compile_model(str(self.folder / "openvino_model.xml"), "CPU", properties)
             self._scorer = compiled.create_infer_request()
         return self._scorer
 
