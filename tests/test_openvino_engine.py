@@ -113,6 +113,24 @@ def test_threads_limit_both_the_pipeline_and_the_scorer(engines, tiny_model_path
     engine.close()
 
 
+def test_a_failed_export_is_one_line_and_leaves_no_folder(tiny_model_path, tmp_path, monkeypatch):
+    def broken(source, target, precision):
+        (target / "openvino_model.xml").write_text("partial")
+        raise RuntimeError("Model wasn't fully converted\nmore detail")
+
+    monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(openvino_export, "export", broken)
+    with pytest.raises(UsageError, match=r"could not export .* \(Model wasn't fully converted\); use --engine transf"):
+        openvino_export.ensure_exported(tiny_model_path)
+    assert not list((tmp_path / "openvino").iterdir())
+
+
+def test_without_the_extra_the_message_names_it(tiny_model_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino_genai", None)
+    with pytest.raises(UsageError, match=r'engine .openvino. needs: pip install "cai-kit\[openvino\]"'):
+        load_engine("openvino", tiny_model_path, progress=False)
+
+
 def test_bad_options_are_one_line(tiny_model_path):
     with pytest.raises(UsageError, match="precision must be one of fp32, fp16"):
         load_engine("openvino", tiny_model_path, precision="int4", progress=False)

@@ -68,7 +68,13 @@ def ensure_exported(source: str | Path, precision: str = "fp32") -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
         staged = Path(tmp) / "model"
         staged.mkdir()
-        export(source, staged, precision)
+        try:
+            export(source, staged, precision)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:  # the converters' failures
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise UsageError(
+                f"engine 'openvino': could not export {source} to OpenVINO ({detail}); use --engine transformers"
+            ) from None
         try:
             os.rename(staged, target)
         except OSError:  # another process exported it first: keep theirs
