@@ -12,8 +12,14 @@ With --openai it also replays (c)'s conversations through the openai engine agai
 `--batch-size` requests in flight. With --vllm (needs vllm and a CUDA GPU) it replays them through
 the in-process vllm engine (f). Each prints tokens/s and its ratio to (b).
 
+With --openvino (needs `pip install -e ".[openvino]"`) it replays (b)'s conversations through the
+openvino engine (g), and runs contrast mode (RLCD pairs) on the transformers engine (h) and replays it
+on openvino (i); each prints tokens/s, its ratio to the transformers engine on the same work, and the
+greedy agreement: the share of replies identical to the transformers engine's.
+
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --prompts 8 --naive-prompts 1 --openai
+    python benchmarks/generate_throughput.py --prompts 16 --naive-prompts 1 --no-ceiling --openvino
     python benchmarks/generate_throughput.py --no-shared-prefix   # (b) with the prefix cache copied per row
     python benchmarks/generate_throughput.py --no-row-cache       # (b) without reusing critique KV in revisions
     python benchmarks/generate_throughput.py --no-early-exit      # (b) decoding with model.generate (rows never leave)
@@ -48,11 +54,14 @@ class Recording:
     """Wraps an engine and keeps every stage's conversations so the baselines replay the same work."""
 
     def __init__(self, engine: TransformersEngine):
-        self.engine, self.stages = engine, []
+        self.engine, self.stages, self.params, self.replies = engine, [], [], []
 
     def generate(self, conversations, params):
         self.stages.append(conversations)
-        return self.engine.generate(conversations, params)
+        self.params.append(params)
+        replies = self.engine.generate(conversations, params)
+        self.replies.append([reply.text for reply in replies])
+        return replies
 
 
 def raw_generate(engine: TransformersEngine, conversations, params: GenParams, batch_size: int) -> int:
@@ -60,12 +69,44 @@ def raw_generate(engine: TransformersEngine, conversations, params: GenParams, b
     return sum(len(reply) for reply in engine.plain_generate(conversations, params, batch_size))
 
 
-def replay(engine, stages, params: GenParams) -> float:
-    """Tokens/s of an engine on the recorded stages, in the pipeline's order."""
-    before, start = engine.generated_tokens, time.perf_counter()
-    for stage in stages:
-        engine.generate(stage, params)
-    return (engine.generated_tokens - before) / (time.perf_counter() - start)
+def replay(engine, stages, params, replies: list[list[str]] | None = None) -> tuple[float, float]:
+    """Tokens/s of an engine on the recorded stages, in the pipeline's order, and the share of its replies
+    identical to `replies` (the recording's), or nan without them. `params`: one GenParams, or one per stage."""
+    before, start, same, total = engine.generated_tokens, time.perf_counter(), 0, 0
+    for k, stage in enumerate(stages):
+        texts = [reply.text for reply in engine.generate(stage, params[k] if isinstance(params, list) else params)]
+        if replies is not None:
+            same += sum(a == b for a, b in zip(texts, replies[k]))
+            total += len(texts)
+    rate = (engine.generated_tokens - before) / (time.perf_counter() - start)
+    return rate, same / total if total else float("nan")
+
+
+def openvino_runs(args, engine: TransformersEngine, recording: Recording, prompts, options, tf_rate: float) -> None:
+    """(g) the pipeline's conversations (b) on the openvino engine; (h) contrast mode on the transformers engine
+    and (i) its conversations on the openvino engine."""
+    from cai_kit.engines.openvino import OpenVINOEngine
+    from cai_kit.generation.pairs import contrast_pairs
+
+    constitution = load_constitution(args.constitution)
+    contrast = Recording(engine)
+    start, before = time.perf_counter(), engine.generated_tokens
+    for chunk_start in range(0, len(prompts), args.batch_size):
+        contrast_pairs(contrast, constitution, prompts[chunk_start : chunk_start + args.batch_size], options)
+    contrast_rate = (engine.generated_tokens - before) / (time.perf_counter() - start)
+    engine.close()
+    started = time.perf_counter()
+    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=torch.get_num_threads())
+    print(f"openvino engine loaded in {time.perf_counter() - started:.1f} s ({ov.folder.name})")
+    rate, agree = replay(ov, recording.stages, recording.params, recording.replies)
+    print(f"(g) pipeline, openvino engine {rate:8.1f} tokens/s   /b = {rate / tf_rate:.2f}  "
+          f"greedy agreement {agree:.0%}  (target /b >= 2)")
+    rate, agree = replay(ov, contrast.stages, contrast.params, contrast.replies)
+    print(f"(h) contrast, transformers    {contrast_rate:8.1f} tokens/s")
+    print(f"(i) contrast, openvino engine {rate:8.1f} tokens/s   /h = {rate / contrast_rate:.2f}  "
+          f"greedy agreement {agree:.0%}")
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"peak RSS {peak_gb:.2f} GB (whole process, both engines)")
 
 
 def serve(model: str, continuous_batching: bool, wait_s: float = 300) -> tuple[subprocess.Popen, str]:
@@ -109,6 +150,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--openai", action="store_true", help="also time the openai engine on transformers serve")
     parser.add_argument("--vllm", action="store_true", help="also time the vllm engine (CUDA GPU)")
+    parser.add_argument("--openvino", action="store_true", help="also time the openvino engine and contrast mode")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip (c), the raw batched model.generate")
     parser.add_argument(
         "--no-shared-prefix", action="store_true", help="copy the prefix cache into every row (the engine's old path)"
     )
@@ -150,10 +193,13 @@ def main() -> None:
     pipeline_rate = engine.generated_tokens / pipeline_seconds
     reused = engine.reused_tokens
 
-    start, tokens = time.perf_counter(), 0
-    for stage in recording.stages:
-        tokens += raw_generate(engine, stage, params, args.batch_size)
-    ceiling_rate = tokens / (time.perf_counter() - start)
+    print(f"(b) done: {pipeline_rate:.1f} tokens/s", flush=True)
+    ceiling_rate = float("nan")
+    if not args.no_ceiling:
+        start, tokens = time.perf_counter(), 0
+        for stage in recording.stages:
+            tokens += raw_generate(engine, stage, params, args.batch_size)
+        ceiling_rate = tokens / (time.perf_counter() - start)
 
     # The naive loop replays, one conversation at a time, the stages of the first few prompts.
     naive_stages = [stage[: args.naive_prompts] for stage in recording.stages[:3]]
@@ -166,9 +212,11 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"(a) naive loop      {naive_rate:8.1f} tokens/s")
     print(f"(b) cai pipeline    {pipeline_rate:8.1f} tokens/s")
-    print(f"(c) raw batched     {ceiling_rate:8.1f} tokens/s")
+    if not args.no_ceiling:
+        print(f"(c) raw batched     {ceiling_rate:8.1f} tokens/s")
     print(f"b/a = {pipeline_rate / naive_rate:.1f}   (target >= 15)")
-    print(f"b/c = {pipeline_rate / ceiling_rate:.2f}  (target >= 0.8)")
+    if not args.no_ceiling:
+        print(f"b/c = {pipeline_rate / ceiling_rate:.2f}  (target >= 0.8)")
     print(f"peak RSS {peak_gb:.2f} GB; (b) reused {reused} prompt tokens' KV from the previous stage's rows")
 
     if args.openai:
@@ -180,18 +228,20 @@ def main() -> None:
             process, url = serve(folder, batching)
             try:
                 remote = OpenAIEngine(folder, base_urls=url, max_concurrency=args.batch_size, progress=False)
-                rate = replay(remote, recording.stages, params)
+                rate, _ = replay(remote, recording.stages, params)
                 print(f"{label:<40} {rate:8.1f} tokens/s   /b = {rate / pipeline_rate:.2f}")
             except Exception as err:  # a server mode that fails here is a result too
                 print(f"{label:<40} failed: {str(err).splitlines()[0][:200]}")
             finally:
                 stop(process)
+    if args.openvino:
+        openvino_runs(args, engine, recording, prompts, options, pipeline_rate)
     if args.vllm:
         from cai_kit.engines.vllm import VLLMEngine
 
         engine.close()
         gpu = VLLMEngine(args.model, progress=False)
-        rate = replay(gpu, recording.stages, params)
+        rate, _ = replay(gpu, recording.stages, params)
         print(f"(f) vllm engine in process               {rate:8.1f} tokens/s   /b = {rate / pipeline_rate:.2f}")
 
 

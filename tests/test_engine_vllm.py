@@ -80,8 +80,11 @@ def test_missing_vllm_is_one_actionable_line():
         load_engine("vllm", "tiny-random")
 
 
-def test_auto_is_transformers_without_vllm_and_a_gpu():
-    expected = "vllm" if HAS_VLLM and _cuda() else "transformers"
+def test_auto_is_transformers_without_vllm_and_a_gpu_or_openvino():
+    import importlib.util
+
+    openvino = importlib.util.find_spec("openvino_genai") is not None
+    expected = "vllm" if HAS_VLLM and _cuda() else "openvino" if openvino else "transformers"
     assert resolve_engine_name("auto") == expected
 
 
@@ -129,5 +132,6 @@ def test_recipe_engines_and_options_are_checked_at_validate(tmp_path, monkeypatc
         f"{recipe}:5: generate[0].engine_options: engine 'vllm' has no option 'gpu_mem'; its options: "
         "tensor_parallel_size, gpu_memory_utilization, max_model_len, dtype, enable_prefix_caching, seed, "
         "llm_options, chat_template, batch_size, trust_remote_code, progress",
-        f"{recipe}:7: generate[1].engine: unknown engine 'vlm'; choose one of: auto, transformers, vllm, openai",
+        f"{recipe}:7: generate[1].engine: unknown engine 'vlm'; choose one of: "
+        "auto, transformers, vllm, openai, openvino",
     ]

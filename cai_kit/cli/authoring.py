@@ -69,7 +69,7 @@ def schema_command(kind: str) -> None:
     default=default(G, "model"),
     help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id.",
 )
-@click.option("--engine", default=default(G, "engine"), help="transformers, vllm, openai or auto.")
+@click.option("--engine", default=default(G, "engine"), help="transformers, vllm, openai, openvino or auto.")
 @click.option("--rounds", type=click.IntRange(1), default=default(G, "rounds"), help="Critique/revision rounds.")
 @click.option("--category", default="", help="The prompt's category, for principles limited to some categories.")
 @click.option(

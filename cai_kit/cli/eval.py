@@ -75,7 +75,7 @@ E = EvalOptions
     "-c",
     help="Constitution (a file or a shipped name) whose judge questions the helpful judge asks. [default: helpful]",
 )
-@click.option("--engine", default=default(E, "engine"), help="transformers, vllm, openai or auto.")
+@click.option("--engine", default=default(E, "engine"), help="transformers, vllm, openai, openvino or auto.")
 @engine_flags
 @click.option("--batch-size", type=click.IntRange(1), default=default(E, "batch_size"))
 @click.option("--max-new-tokens", type=click.IntRange(1), default=default(E, "max_new_tokens"))

@@ -27,7 +27,7 @@ G = GenerateOptions
     default=default(G, "model"),
     help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id.",
 )
-@click.option("--engine", default=default(G, "engine"), help="transformers, vllm, openai or auto.")
+@click.option("--engine", default=default(G, "engine"), help="transformers, vllm, openai, openvino or auto.")
 @engine_flags
 @click.option(
     "--out",

@@ -36,7 +36,7 @@ J = JudgeCheckOptions
     default=default(J, "min_consistency"),
     help="...and this order consistency.",
 )
-@click.option("--engine", default=default(J, "engine"), help="transformers, vllm, openai or auto.")
+@click.option("--engine", default=default(J, "engine"), help="transformers, vllm, openai, openvino or auto.")
 @click.option("--batch-size", type=click.IntRange(1), default=default(J, "batch_size"))
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @usage_errors

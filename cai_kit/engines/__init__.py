@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,13 +62,24 @@ ENGINES: dict[str, tuple[str, str, str | None]] = {
     "transformers": ("cai_kit.engines.transformers", "TransformersEngine", None),
     "vllm": ("cai_kit.engines.vllm", "VLLMEngine", "vllm"),
     "openai": ("cai_kit.engines.openai", "OpenAIEngine", None),  # plain HTTP from the standard library
+    "openvino": ("cai_kit.engines.openvino", "OpenVINOEngine", "openvino"),
+}
+
+
+AUTO_REASONS = {
+    "vllm": "vllm is installed and a CUDA GPU is visible",
+    "openvino": "no CUDA GPU, and the openvino extra is installed",
+    "transformers": "no CUDA GPU with vllm, and no openvino extra",
 }
 
 
 def resolve_engine_name(name: str) -> str:
-    """`auto` is vllm where it is installed and a GPU is present, else transformers."""
+    """`auto` is vllm where it is installed and a GPU is present, else openvino where it is installed
+    (a CPU), else transformers."""
     if name == "auto":
-        return "vllm" if _vllm_usable() else "transformers"
+        if _vllm_usable():
+            return "vllm"
+        return "openvino" if _openvino_usable() else "transformers"
     return name
 
 
@@ -98,7 +110,9 @@ def engine_problems(name: str, options: dict[str, Any]) -> list[str]:
 
 def load_engine(name: str, model: str, **options: Any) -> Engine:
     """Build the engine `name` for `model`; options are the engine's own keyword arguments."""
-    name = resolve_engine_name(name)
+    if name == "auto":
+        name = resolve_engine_name(name)
+        print(f"cai: --engine auto: using the {name} engine ({AUTO_REASONS[name]})", file=sys.stderr)
     problems = engine_problems(name, options)
     if problems:
         raise UsageError(problems)
@@ -137,3 +151,7 @@ def _vllm_usable() -> bool:
         return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def _openvino_usable() -> bool:
+    return importlib.util.find_spec("openvino_genai") is not None

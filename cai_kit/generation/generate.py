@@ -107,7 +107,7 @@ def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOp
 
 def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:
     versions = {}
-    for package in ["cai-kit", "torch", "transformers", "trl", "vllm"]:
+    for package in ["cai-kit", "torch", "transformers", "trl", "vllm", "openvino", "openvino-genai"]:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -1,0 +1,182 @@
+"""In-process generation with OpenVINO GenAI on a CPU: continuous batching with prefix caching.
+
+The model folder is exported to OpenVINO IR once (`openvino_export.py`, cached under CAI_KIT_CACHE)
+and run by `openvino_genai.ContinuousBatchingPipeline`: requests join and leave the running batch
+one by one, attention is paged, and with `enable_prefix_caching` the KV blocks of the few-shot
+prefix that every critique and revision shares are computed once and reused across requests and calls.
+
+Prompts are rendered and tokenized here with the model's own transformers tokenizer (the chat
+template, a prefilled assistant reply), exactly as the transformers engine does, and given to the
+pipeline as token ids; replies are decoded the same way. Log-probs for the judge come from the same
+IR run directly by the OpenVINO runtime (GenAI scores only the tokens it generates), one row at a time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from cai_kit.core.errors import UsageError
+from cai_kit.engines import Completion, Conversation, GenParams
+
+
+class OpenVINOEngine:
+    def __init__(
+        self,
+        model: str,
+        precision: str = "fp32",  # the IR's weights: fp32, or fp16 (half the disk; computed in fp32 on AVX2)
+        kv_cache_precision: str = "f32",  # f32, f16 or u8 (OpenVINO's CPU default is u8: smaller, not exact)
+        cache_size_gb: int = 2,  # the paged KV cache's size
+        max_num_batched_tokens: int = 2048,  # tokens one scheduler step may run (prefill chunks included)
+        enable_prefix_caching: bool = True,
+        num_streams: int = 1,
+        threads: int = 0,  # CPU threads for inference; 0: OpenVINO's choice (every core)
+        chat_template: str | None = None,  # a .jinja file, or a model to borrow the template from
+        batch_size: int = 32,  # requests submitted together; the pipeline schedules within them
+        trust_remote_code: bool = False,
+        progress: bool = True,
+    ):
+        if kv_cache_precision not in ("f32", "f16", "u8"):
+            raise UsageError(
+                f"engine 'openvino': kv_cache_precision must be f32, f16 or u8, got {kv_cache_precision!r}"
+            )
+        import openvino_genai  # ImportError here becomes `pip install "cai-kit[openvino]"` in load_engine
+        from transformers import AutoTokenizer
+
+        from cai_kit.core.models import load_chat_template, resolve_model
+        from cai_kit.engines.openvino_export import ensure_exported
+
+        if trust_remote_code:
+            raise UsageError("engine 'openvino' exports only models transformers builds itself (no trust_remote_code)")
+        source = resolve_model(model)
+        self.folder = ensure_exported(source, precision)
+        started = time.perf_counter()
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
+        if chat_template:
+            self.tokenizer.chat_template = load_chat_template(chat_template)
+        if not self.tokenizer.chat_template:
+            raise UsageError(
+                f"model {model!r} has no chat template (a base model?); give it one with --engine-option "
+                "chat_template=FILE.jinja"
+            )
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.cache_size = cache_size_gb
+        scheduler.enable_prefix_caching = enable_prefix_caching
+        scheduler.max_num_batched_tokens = max_num_batched_tokens
+        scheduler.dynamic_split_fuse = True
+        self.properties: dict[str, Any] = {"KV_CACHE_PRECISION": kv_cache_precision, "NUM_STREAMS": num_streams}
+        if threads:
+            self.properties["INFERENCE_NUM_THREADS"] = threads
+        self.pipeline = openvino_genai.ContinuousBatchingPipeline(
+            str(self.folder), scheduler, "CPU", self.properties
+        )
+        self._genai = openvino_genai
+        self._scorer: Any = None  # the IR compiled for log-probs, on first use
+        self.load_seconds = time.perf_counter() - started
+        self.model_name = model
+        self.batch_size = batch_size
+        self.progress = progress
+        self.stop_ids = self._stop_ids(source)
+        self.generated_tokens = 0
+
+    def _stop_ids(self, source: str) -> list[int]:
+        from transformers import GenerationConfig
+
+        try:
+            eos = GenerationConfig.from_pretrained(source).eos_token_id
+        except OSError:
+            eos = None
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        ids.add(self.tokenizer.eos_token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def render(self, conversation: Conversation) -> str:
+        continuing = conversation[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
+        )
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        # The chat template already holds any BOS token; adding special tokens again would double it.
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def generation_config(self, params: GenParams, seed: int):
+        config = self._genai.GenerationConfig()
+        config.max_new_tokens = params.max_new_tokens
+        config.stop_token_ids = set(self.stop_ids)
+        config.repetition_penalty = params.repetition_penalty
+        config.do_sample = params.temperature > 0
+        if config.do_sample:
+            config.temperature = params.temperature
+            config.top_p = params.top_p
+            config.top_k = 0
+            config.rng_seed = seed
+        return config
+
+    def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
+        import numpy as np
+        import openvino as ov
+        from tqdm import tqdm
+
+        encoded = self._encode([self.render(c) for c in conversations])
+        results: list[Completion] = []
+        bar = tqdm(total=len(encoded), unit="reply", leave=False, file=sys.stderr, disable=not self.progress)
+        for start in range(0, len(encoded), self.batch_size):
+            rows = encoded[start : start + self.batch_size]
+            inputs = [ov.Tensor(np.array([row], dtype=np.int64)) for row in rows]
+            configs = [self.generation_config(params, params.seed + start + k) for k in range(len(rows))]
+            for output in self.pipeline.generate(inputs, configs):
+                tokens = list(output.m_generation_ids[0])
+                stop_at = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
+                kept = tokens if stop_at is None else tokens[:stop_at]
+                finished = stop_at is not None or len(tokens) < params.max_new_tokens
+                text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+                results.append(Completion(text=text, finish_reason="stop" if finished else "length", tokens=len(kept)))
+                self.generated_tokens += len(kept)
+            bar.update(len(rows))
+        bar.close()
+        return results
+
+    def logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[float]:
+        """Sum of log-probs of each continuation after its rendered conversation."""
+        return [sum(row) for row in self.token_logprobs(conversations, continuations)]
+
+    def token_logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[list[float]]:
+        """Each continuation token's log-prob, from one full forward pass of the IR per row."""
+        import numpy as np
+
+        scorer = self._scoring_request()
+        prompts = self._encode([self.render(c) for c in conversations])
+        full = self._encode([self.render(c) + cont for c, cont in zip(conversations, continuations)])
+        rows = []
+        for prompt, ids in zip(prompts, full):
+            scorer.reset_state()
+            length = len(ids)
+            logits = scorer.infer(
+                {
+                    "input_ids": np.array([ids], dtype=np.int64),
+                    "attention_mask": np.ones((1, length), dtype=np.int64),
+                    "position_ids": np.arange(length, dtype=np.int64)[None],
+                    "beam_idx": np.zeros(1, dtype=np.int32),
+                }
+            )["logits"][0, len(prompt) - 1 : length - 1].astype(np.float64)
+            top = logits.max(axis=-1, keepdims=True)
+            logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+            rows.append([float(logp[k, token]) for k, token in enumerate(ids[len(prompt) :])])
+        return rows
+
+    def _scoring_request(self):
+        if self._scorer is None:
+            import openvino as ov
+
+            properties = {"INFERENCE_PRECISION_HINT": "f32"}
+            if "INFERENCE_NUM_THREADS" in self.properties:
+                properties["INFERENCE_NUM_THREADS"] = self.properties["INFERENCE_NUM_THREADS"]
+            compiled = ov.Core().compile_model(str(self.folder / "openvino_model.xml"), "CPU", properties)
+            self._scorer = compiled.create_infer_request()
+        return self._scorer
+
+    def close(self) -> None:
+        self.pipeline = None
+        self._scorer = None

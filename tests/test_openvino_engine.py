@@ -1,0 +1,174 @@
+"""The openvino engine: the IR export and its cache, batched generation against the transformers engine,
+seeded sampling, log-probs for the judge, `--engine auto`, and `cai generate` on the default model.
+
+Needs the openvino extra (`pip install -e ".[dev,openvino]"`); these tests fail, not skip, without it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cai_kit.core.errors import UsageError
+from cai_kit.engines import GenParams, load_engine, openvino_export, resolve_engine_name
+
+FEW_SHOT = [
+    {"role": "user", "content": "an example question " * 12},
+    {"role": "assistant", "content": "an answer " * 12},
+]
+
+
+def chats(n: int) -> list[list[dict]]:
+    """Rows sharing a few-shot prefix (what prefix caching is for), one of them a prefilled reply."""
+    rows = [FEW_SHOT + [{"role": "user", "content": "question " * (k + 1)}] for k in range(n - 1)]
+    return rows + [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The answer"}]]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_path):
+    return {
+        "openvino": load_engine("openvino", tiny_model_path, batch_size=3, progress=False),
+        "transformers": load_engine("transformers", tiny_model_path, batch_size=3, dtype="fp32", progress=False),
+    }
+
+
+def test_export_is_cached_under_cai_kit_cache_by_content_and_precision(engines, tiny_model_path, cai_cache):
+    folder = engines["openvino"].folder
+    assert folder.parent == cai_cache / "openvino"
+    assert folder.name.endswith("-fp32")
+    names = {p.name for p in folder.iterdir()}
+    assert {"openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json"} <= names
+    assert openvino_export.exported_folder(Path(tiny_model_path), "fp16") != folder
+
+
+def test_a_second_load_uses_the_cache(engines, tiny_model_path, monkeypatch):
+    def no_export(*args):
+        raise AssertionError("the cached IR should have been used")
+
+    monkeypatch.setattr(openvino_export, "export", no_export)
+    again = load_engine("openvino", tiny_model_path, progress=False)
+    assert again.folder == engines["openvino"].folder
+    again.close()
+
+
+def test_folder_hash_follows_the_content(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    first = openvino_export.folder_hash(tmp_path)
+    assert openvino_export.folder_hash(tmp_path) == first
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    assert openvino_export.folder_hash(tmp_path) != first
+
+
+def test_greedy_replies_match_the_transformers_engine(engines):
+    params = GenParams(max_new_tokens=12)
+    ov = engines["openvino"].generate(chats(5), params)
+    tf = engines["transformers"].generate(chats(5), params)
+    assert [(c.text, c.tokens, c.finish_reason) for c in ov] == [(c.text, c.tokens, c.finish_reason) for c in tf]
+    assert any(c.text for c in ov), "the tiny model should write some text"
+    assert engines["openvino"].generated_tokens >= sum(c.tokens for c in ov)
+
+
+def test_repetition_penalty_and_max_new_tokens_are_applied(engines):
+    params = GenParams(max_new_tokens=6, repetition_penalty=1.3)
+    ov = engines["openvino"].generate(chats(3), params)
+    tf = engines["transformers"].generate(chats(3), params)
+    assert [c.text for c in ov] == [c.text for c in tf]
+    assert all(c.tokens <= 6 for c in ov)
+
+
+def test_seeded_sampling_repeats_and_the_seed_matters(engines):
+    engine = engines["openvino"]
+
+    def sample(seed: int) -> list[str]:
+        params = GenParams(max_new_tokens=16, temperature=1.0, seed=seed)
+        return [c.text for c in engine.generate(chats(4), params)]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_logprobs_match_the_transformers_engine(engines):
+    conversations = chats(3)
+    continuations = ["an answer", "question", " The"]
+    ov = engines["openvino"].logprobs(conversations, continuations)
+    tf = engines["transformers"].logprobs(conversations, continuations)
+    assert ov == pytest.approx(tf, abs=1e-3)
+    per_token = engines["openvino"].token_logprobs(conversations, continuations)
+    assert [sum(row) for row in per_token] == pytest.approx(ov)
+    assert all(value < 0 for row in per_token for value in row)
+
+
+def test_threads_limit_both_the_pipeline_and_the_scorer(engines, tiny_model_path):
+    engine = load_engine("openvino", tiny_model_path, threads=1, progress=False)
+    assert engine.properties["INFERENCE_NUM_THREADS"] == 1
+    conversations, continuations = chats(2), ["an answer", " The"]
+    assert engine.logprobs(conversations, continuations) == pytest.approx(
+        engines["openvino"].logprobs(conversations, continuations), abs=1e-4
+    )
+    assert engine._scorer.get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
+    engine.close()
+
+
+def test_a_failed_export_is_one_line_and_leaves_no_folder(tiny_model_path, tmp_path, monkeypatch):
+    def broken(source, target, precision):
+        (target / "openvino_model.xml").write_text("partial")
+        raise RuntimeError("Model wasn't fully converted\nmore detail")
+
+    monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(openvino_export, "export", broken)
+    with pytest.raises(UsageError, match=r"could not export .* \(Model wasn't fully converted\); use --engine transf"):
+        openvino_export.ensure_exported(tiny_model_path)
+    assert not list((tmp_path / "openvino").iterdir())
+
+
+def test_without_the_extra_the_message_names_it(tiny_model_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino_genai", None)
+    with pytest.raises(UsageError, match=r'engine .openvino. needs: pip install "cai-kit\[openvino\]"'):
+        load_engine("openvino", tiny_model_path, progress=False)
+
+
+def test_bad_options_are_one_line(tiny_model_path):
+    with pytest.raises(UsageError, match="precision must be one of fp32, fp16"):
+        load_engine("openvino", tiny_model_path, precision="int4", progress=False)
+    with pytest.raises(UsageError, match="kv_cache_precision must be f32, f16 or u8"):
+        load_engine("openvino", tiny_model_path, kv_cache_precision="i8", progress=False)
+    with pytest.raises(UsageError, match="has no option 'dtype'"):
+        load_engine("openvino", tiny_model_path, dtype="fp32")
+
+
+def test_auto_picks_openvino_on_a_cpu_and_says_so(tiny_model_path, monkeypatch, capsys):
+    import cai_kit.engines as engines_module
+
+    monkeypatch.setattr(engines_module, "_vllm_usable", lambda: False)
+    assert resolve_engine_name("auto") == "openvino"
+    engine = load_engine("auto", tiny_model_path, progress=False)
+    assert type(engine).__name__ == "OpenVINOEngine"
+    assert "--engine auto: using the openvino engine" in capsys.readouterr().err
+    engine.close()
+    monkeypatch.setattr(engines_module, "_openvino_usable", lambda: False)
+    assert resolve_engine_name("auto") == "transformers"
+
+
+@pytest.mark.slow
+def test_cai_generate_on_the_default_model(default_model_path, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", "harmless", "--engine", "openvino"]
+    result = subprocess.run(
+        [*command, "--limit", "16", "-o", str(out)], capture_output=True, text=True, timeout=3600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "generations.jsonl",
+        "manifest.json",
+        "prefs.jsonl",
+        "sft.jsonl",
+    ]
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(row["initial"] for row in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["engine"] == "openvino" and "openvino-genai" in manifest["versions"]
