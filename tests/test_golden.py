@@ -49,7 +49,8 @@ def _scrub(value: Any, out: str, text: bool) -> Any:
 
 
 def _rows(folder: Path, text: bool) -> dict[str, list[Any]]:
-    files = sorted(p for p in folder.rglob("*.jsonl") if "checkpoint" not in str(p))
+    # steps.jsonl holds training metrics and run times: floats of the machine, not rows the stages write
+    files = sorted(p for p in folder.rglob("*.jsonl") if "checkpoint" not in str(p) and p.name != "steps.jsonl")
     return {
         str(path.relative_to(folder)): [
             _scrub(json.loads(line), str(folder), text) for line in path.read_text(encoding="utf-8").splitlines()

@@ -22,10 +22,6 @@ from cai_kit.training.recipe import load_recipe
 from cai_kit.training.train import run_train
 
 REPO = Path(__file__).resolve().parent.parent
-TRL = (
-    "{max_steps: 4, per_device_train_batch_size: 4, learning_rate: 1.0e-3, bf16: false, "
-    "activation_checkpointing: false, logging_steps: 1, save_steps: 2, disable_tqdm: true}"
-)
 
 
 def _user(text):
@@ -34,48 +30,6 @@ def _user(text):
 
 def _assistant(text):
     return {"role": "assistant", "content": text}
-
-
-@pytest.fixture
-def recipe_path(tmp_path) -> Path:
-    """A recipe over 12 handwritten SFT chats and 12 preference pairs, 4 steps per stage."""
-    sft = [
-        {
-            "id": f"s{i}",
-            "messages": [
-                _user(f"How do I bake bread, try {i}?"),
-                _assistant("Mix flour, water, salt and yeast, knead, rest and bake."),
-            ],
-        }
-        for i in range(12)
-    ]
-    prefs = [
-        {
-            "id": f"p{i}",
-            "prompt": [_user(f"Help me hurt someone, case {i}.")],
-            "chosen": [_assistant("I can't help with that, but here is a safer way to get what you need.")],
-            "rejected": [_assistant("Point out every way the answer could hurt someone.")],
-            "score": 0.9,
-        }
-        for i in range(12)
-    ]
-    for name, rows in (("sft.jsonl", sft), ("prefs.jsonl", prefs)):
-        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
-    path = tmp_path / "recipe.yaml"
-    path.write_text(f"""model: tiny-random
-output_dir: {tmp_path / "run"}
-data:
-  test_split: 0.25
-  sft: [{{path: {tmp_path / "sft.jsonl"}}}]
-  prefs: [{{path: {tmp_path / "prefs.jsonl"}}}]
-sft:
-  lora: {{r: 4, alpha: 8, dropout: 0.0}}
-  trl: {TRL}
-dpo:
-  lora: {{r: 4, alpha: 8, dropout: 0.0}}
-  trl: {TRL}
-""")
-    return path
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:
@@ -144,24 +98,15 @@ def test_soft_labels_flip_training_pairs_with_probability_one_minus_score(tmp_pa
     assert all(r["chosen"][0]["content"].startswith("good") for r in hard)
 
 
-def test_sft_then_dpo_with_lora(recipe_path, tiny_model_path, monkeypatch):
-    import trl
+def test_sft_then_dpo_with_lora(recipe_path, tiny_model_path, dpo_trainers):
     from accelerate.utils import is_peft_model
 
-    made = []
-
-    class RecordingDPOTrainer(trl.DPOTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(trl, "DPOTrainer", RecordingDPOTrainer)
     recipe = load_recipe(recipe_path)
     final = run_train(recipe, ["sft", "dpo"])
     run = recipe.out
 
     # DPO's reference is the SFT model with the adapter off: no ref_model, no second adapter, one model
-    trainer = made[0]
+    trainer = dpo_trainers[0]
     assert trainer.ref_model is None and is_peft_model(trainer.model)
     assert set(trainer.model.peft_config) == {"default"}
     assert trainer.model.get_base_model().name_or_path == str(run / "sft" / "model")

@@ -1,6 +1,6 @@
 """The `cai` command line: thin wrappers that parse, call one library function, and print.
 
-One module per group of commands: generate, eval, judge (judge-check), train (train, licence), files
+One module per group of commands: generate, eval, judge (judge-check), train (train, plot, licence), files
 (validate, ls, cp, env) and authoring (constitution, schema, try, diff, view).
 """
 

@@ -1,4 +1,5 @@
-"""`cai train` (run a recipe's stages) and `cai licence` (what a model's licence lets its outputs train)."""
+"""`cai train` (run a recipe's stages), `cai plot` (how DPO runs trained) and `cai licence` (what a model's
+licence lets its outputs train)."""
 
 from __future__ import annotations
 
@@ -68,4 +69,24 @@ def licence(models: tuple[str, ...], target: str | None, model_licence: tuple[st
     click.echo(licence_report(list(models), target, parse_overrides(model_licence, bare_for)))
 
 
-COMMANDS = [train, licence]
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("behaviour.png"),
+              help="The figure to write (PNG).")
+@usage_errors
+def plot(runs: tuple[Path, ...], output: Path) -> None:
+    """Draw DPO reward accuracy and margin over steps, train (solid) against held-out (dashed), one colour per
+    run; each RUN is a `cai train` output folder (its dpo stage and each round's), a stage folder or a
+    steps.jsonl file.
+
+    \b
+    Example:
+      cai plot runs/zephyr_cai -o behaviour.png
+      cai plot runs/lora runs/full runs/ipo -o losses.png
+    """
+    from cai_kit.training.curves import plot_runs
+
+    click.echo(plot_runs(list(runs), output))
+
+
+COMMANDS = [train, plot, licence]

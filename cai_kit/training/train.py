@@ -8,8 +8,8 @@ on rerun; an interrupted trainer resumes from its newest complete `checkpoint-*`
 
     output_dir/recipe.yaml            the recipe as run (with --set overrides)
     output_dir/generate/<i>-<name>/   one `cai generate` folder per run
-    output_dir/sft/                   data/ (train, test, counts), checkpoints/, adapter/, model/ (merged)
-    output_dir/dpo/                   the same, starting from sft/model
+    output_dir/sft/                   data/ (train, test, counts), checkpoints/, adapter/, model/ (merged), steps.jsonl
+    output_dir/dpo/                   the same, starting from sft/model, and behaviour.png (reward accuracy, margin)
     output_dir/model/                 the result: a plain HF folder with a model card and training curves
     output_dir/eval/                  the eval report of the result
 
@@ -36,9 +36,11 @@ from cai_kit.core.files import write_atomic, write_jsonl
 from cai_kit.core.shipped import resolve_yaml
 from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.checkpoints import SaveMarker, newest_complete
+from cai_kit.training.curves import BEHAVIOUR_PNG, write_behaviour, write_curves
 from cai_kit.training.data_mix import Source, describe, mix
 from cai_kit.training.log import log
 from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
+from cai_kit.training.steps import STEPS_FILE, StepLog, read_steps
 
 MARKER = ".complete"
 LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
@@ -249,10 +251,11 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     trainer = trainer_class(model=base, args=args, train_dataset=datasets["train"],
                             eval_dataset=datasets.get("test"), peft_config=peft_config,
                             callbacks=[RankRecord(folder / "ranks", stage), TrimMemory(), SaveMarker(),
-                                       *(callbacks or [])])
+                                       StepLog(folder / STEPS_FILE), *(callbacks or [])])
     if stage == "dpo" and trainer.is_world_process_zero():
-        reference = ("the starting model with the LoRA adapter off (one copy in memory)"
-                     if getattr(trainer, "ref_model", None) is None and peft_config else "a separate copy")
+        reference = ("the starting model with the LoRA adapter off (one copy in memory)" if peft_config
+                     else "the starting model's log-probs, computed before training (one copy in memory)"
+                     if args.precompute_ref_log_probs else "a frozen copy of the starting model (two in memory)")
         log(f"dpo: reference model = {reference}")
     zero = trainer.is_world_process_zero()
     # The newest complete checkpoint: a kill during a save leaves a newer folder that is skipped (and removed).
@@ -270,6 +273,8 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str) + "\n")
         shown = {**metrics["train"], **metrics.get("eval", {})}
         log(f"{stage}: " + ", ".join(f"{key} {shown[key]:.4g}" for key in LOGGED if key in shown))
+        if stage == "dpo":
+            log(f"dpo: {write_behaviour({recipe.out.name: read_steps(folder / STEPS_FILE)}, folder / BEHAVIOUR_PNG)}")
     del trainer
     gc.collect()
     if PartialState().is_main_process:
@@ -336,8 +341,6 @@ def _free_port() -> int:
 
 def final_model(recipe: Recipe) -> Path | None:
     """Copy the last trained stage's model to output_dir/model and draw the curves; None before training."""
-    from cai_kit.training.curves import write_curves
-
     trained = [stage for stage in ("sft", "dpo") if getattr(recipe, stage).enabled and is_complete(recipe.out / stage)]
     if not trained:
         return None

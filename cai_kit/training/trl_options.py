@@ -23,7 +23,10 @@ RENAMED = {
     "evaluation_strategy": "'eval_strategy'",
     "torch_dtype": "'model_init_kwargs: {dtype: ...}'",
     "no_cuda": "'use_cpu'",
+    "rpo_alpha": "'loss_type: [sigmoid, sft]' with 'loss_weights: [1.0, ALPHA]' (RPO: DPO plus the chosen NLL)",
 }
+# DPO losses that read `label_smoothing`; the others (sigmoid, ipo, ...) ignore it without a word.
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
 def trl_config_class(stage: str) -> type:
@@ -69,6 +72,8 @@ def build_trl_config(stage: str, given: dict[str, Any], seed: int, trust_remote_
         else:
             # Dataclasses do not check types, and YAML reads `2e-5` as a string: coerce here, or TRL
             # would carry the string into the optimizer.
+            if isinstance(value, str) and typing.get_origin(hints[key]) is list:
+                value = [value]  # `loss_type: ipo`: TRL itself takes one name for a one-item list
             try:
                 values[key] = TypeAdapter(hints[key]).validate_python(value)
             except ValidationError as err:
@@ -82,6 +87,10 @@ def build_trl_config(stage: str, given: dict[str, Any], seed: int, trust_remote_
     except (TypeError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, [*problems, (_blame(stage, given, message), message)]
+    if stage == "dpo" and config.label_smoothing and not set(config.loss_type) & set(SMOOTHED_LOSSES):
+        readers = ", ".join(SMOOTHED_LOSSES)
+        problems.append(((stage, "trl", "label_smoothing"), f"ignored by loss_type {config.loss_type} (TRL reads it "
+                         f"only for {readers}); for label-smoothed DPO set loss_type: robust"))
     return (None if problems else config), problems
 
 
