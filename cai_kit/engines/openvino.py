@@ -19,6 +19,7 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
+from cai_kit.engines.chat import encode_rendered, render_chat, stop_token_ids
 
 
 class OpenVINOEngine:
@@ -87,19 +88,13 @@ class OpenVINOEngine:
             eos = GenerationConfig.from_pretrained(source).eos_token_id
         except OSError:
             eos = None
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        ids.add(self.tokenizer.eos_token_id)
-        return sorted(i for i in ids if i is not None)
+        return stop_token_ids(eos, self.tokenizer)
 
     def render(self, conversation: Conversation) -> str:
-        continuing = conversation[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
-        )
+        return render_chat(self.tokenizer, conversation)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        # The chat template already holds any BOS token; adding special tokens again would double it.
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode_rendered(self.tokenizer, texts)
 
     def generation_config(self, params: GenParams, seed: int):
         config = self._genai.GenerationConfig()

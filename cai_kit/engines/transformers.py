@@ -15,6 +15,7 @@ from typing import Any
 
 from cai_kit.core.precision import hardware_precision
 from cai_kit.engines import Completion, Conversation, GenParams
+from cai_kit.engines.chat import encode_rendered, render_chat, stop_token_ids
 
 
 def pick_dtype(dtype: str):
@@ -94,23 +95,16 @@ class TransformersEngine:
         # Finished rows leave the batch (engines/decode.py); false decodes with model.generate.
         self.early_exit = early_exit
         self.tokenizer.padding_side = "left"
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        eos_ids.add(self.tokenizer.eos_token_id)
-        self.stop_ids = sorted(i for i in eos_ids if i is not None)
+        self.stop_ids = stop_token_ids(self.model.generation_config.eos_token_id, self.tokenizer)
         self.generated_tokens = 0  # running total, read by progress displays and benchmarks
         self.reused_tokens = 0  # prompt tokens whose KV came from the last call's rows (row_cache)
 
     def render(self, conversation: Conversation) -> str:
         """The chat-template text of a conversation, ready for the model to write the assistant turn."""
-        continuing = conversation[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
-        )
+        return render_chat(self.tokenizer, conversation)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        # The chat template already holds any BOS token; adding special tokens again would double it.
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode_rendered(self.tokenizer, texts)
 
     def _batch_inputs(self, rows: list[list[int]], max_new_tokens: int) -> dict:
         """Model inputs for one batch, reusing the KV cache of the prefix all rows share.

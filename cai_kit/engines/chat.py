@@ -1,0 +1,27 @@
+"""Chat-template helpers shared by the engines that tokenize in this process (transformers, openvino)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cai_kit.engines import Conversation
+
+
+def render_chat(tokenizer: Any, conversation: Conversation) -> str:
+    """The chat-template text of a conversation, ready for the model to write (or go on with) the assistant turn."""
+    continuing = conversation[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
+    )
+
+
+def encode_rendered(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of rendered chat texts; the chat template already holds any BOS token, so none is added again."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def stop_token_ids(eos: int | list[int] | None, tokenizer: Any) -> list[int]:
+    """The generation config's end-of-sequence id(s) and the tokenizer's, sorted and without None."""
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None)
