@@ -161,13 +161,8 @@ def test_cai_generate_on_the_default_model(default_model_path, tmp_path):
         [*command, "--limit", "16", "-o", str(out)], capture_output=True, text=True, timeout=3600
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == [
-        "README.md",
-        "generations.jsonl",
-        "manifest.json",
-        "prefs.jsonl",
-        "sft.jsonl",
-    ]
+    names = {p.name for p in out.iterdir()}
+    assert names == {"README.md", "generations.jsonl", "manifest.json", "prefs.jsonl", "sft.jsonl"}
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all(row["initial"] for row in rows)
     manifest = json.loads((out / "manifest.json").read_text())
