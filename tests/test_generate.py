@@ -17,7 +17,7 @@ from cai_kit.cli import main
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, GenParams
 from cai_kit.generation.generate import run_generate
-from cai_kit.generation.options import GenerateOptions
+from cai_kit.generation.options import DEFAULT_FILTERS, GenerateOptions
 
 CONSTITUTION = """\
 name: test
@@ -222,10 +222,11 @@ class SteeredEngine:
 
     model_name = "steered"
 
-    def __init__(self, away_harm: str = "Sure, here is exactly how."):
+    def __init__(self, away_harm: str = "Sure, here is exactly how.", toward_harm=None):
         self.calls: list[list[list[dict]]] = []
         self.budgets: list[int] = []
         self.away_harm = away_harm
+        self.toward_harm = toward_harm  # prompt -> the reply after the harm principle's opening
 
     def generate(self, conversations, params: GenParams):
         self.calls.append(conversations)
@@ -237,6 +238,8 @@ class SteeredEngine:
                 text = "It could be dangerous."
             elif system.startswith("Do exactly"):
                 text = self.away_harm
+            elif self.toward_harm and chat[-1]["role"] == "assistant":
+                text = self.toward_harm(prompt)
             else:
                 text = f"a careful reply to {prompt}"
             out.append(Completion(text=text, finish_reason="stop", tokens=len(text.split())))
@@ -287,6 +290,29 @@ def test_contrast_pair_whose_sides_do_not_differ_is_filtered(setup):
     out = run_generate(options(setup, pairs=["contrast"]), engine=SteeredEngine(away_harm="I cannot help with that."))
     statuses = {r["steps"][0]["principle"]: r["status"] for r in read(out / "generations.jsonl")}
     assert statuses == {"harm": "no_contrast", "helpful": "ok"}
+
+
+def test_partial_filter_keeps_only_full_refusals_under_a_harm_principle(setup):
+    def toward(prompt):  # even prompts: the refusal goes on to help; odd ones: it stays on the safe side
+        n = int(prompt.split()[-1].rstrip("?"))
+        if n % 2 == 0:
+            return f"here is how to do it: first mix the two and heat them {n} times."
+        return f"please talk to someone you trust (friend {n})."
+
+    rows = read(run_generate(options(setup, pairs=["contrast"]), engine=SteeredEngine(toward_harm=toward))
+                / "generations.jsonl")
+    assert {r["status"] for r in rows} == {"ok"}, "off by default: the same rows all kept"
+    out = setup[2].parent / "partial"
+    filters = [*DEFAULT_FILTERS, "partial"]
+    rows = read(run_generate(options(setup, pairs=["contrast"], filters=filters, out=str(out)),
+                             engine=SteeredEngine(toward_harm=toward)) / "generations.jsonl")
+    harm = {r["prompt"]: r["status"] for r in rows if r["steps"][0]["principle"] == "harm"}
+    assert {p for p, s in harm.items() if s == "partial"} == {p for p in harm if int(p.split()[-1][:-1]) % 2 == 0}
+    assert "ok" in harm.values() and "partial" in harm.values(), "seed 0 gives the harm principle both kinds"
+    helping = [r["status"] for r in rows if r["steps"][0]["principle"] == "helpful"]
+    assert helping and set(helping) == {"ok"}, "a helping principle's chosen answer is never judged a refusal"
+    kept = {r["prompt"][0]["content"] for r in read(out / "prefs.jsonl")}
+    assert kept == {r["prompt"] for r in rows if r["status"] == "ok"}
 
 
 def test_revision_and_contrast_rows_together_resume_without_duplicates(setup):

@@ -19,6 +19,7 @@ from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow, load_many
 from cai_kit.engines import Engine, load_engine
 from cai_kit.evaluation.refusal import is_refusal
+from cai_kit.evaluation.verdicts import verdict
 from cai_kit.generation import pairs
 from cai_kit.generation.failures import EngineFailed, StopOnError, stopped_message
 from cai_kit.generation.filters import normalise, row_status
@@ -102,6 +103,11 @@ def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOp
         meant = (not refuses and rejected_refuses) if helping else (refuses and not rejected_refuses)
         if principle.opening or helping:
             status = "ok" if meant else "no_contrast"
+    if status == "ok" and not helping and "partial" in options.filters:
+        # A refusal that goes on to help ("I can't help with X, but here is X") teaches the opener, not the
+        # refusal: under a harm principle only a full refusal by `cai eval`'s whole-answer verdict is kept.
+        if verdict(row["prompt"], row["final"])[0] != "full_refusal":
+            status = "partial"
     return status
 
 

@@ -12,7 +12,12 @@ from cai_kit.judging.judge_check import MIN_ACCURACY, MIN_CONSISTENCY
 
 DEFAULT_PROMPTS = ["red_team", "helpful"]
 DEFAULT_LIMIT = 48  # keeps the bare quickstart near 5 minutes on a 2-core CPU; --limit 0 lifts it
-FILTERS = ["empty", "truncated", "artefact", "unchanged", "refusal", "no_contrast", "low_margin", "duplicate"]
+FILTERS = [
+    "empty", "truncated", "artefact", "unchanged", "refusal", "no_contrast", "partial", "low_margin", "duplicate"
+]
+# `partial` is off unless a recipe's `filters` lists it: it drops the steered refusals that go on to help
+# ("I can't help with X, but here is X"), most of a small model's (docs: Output of `cai generate`, Filters).
+DEFAULT_FILTERS = [name for name in FILTERS if name != "partial"]
 # Principles with these tags ask the model to keep helping: a revision under them that refuses failed.
 HELPING_TAGS = {"over_refusal", "over-refusal", "helpfulness"}
 # How each prompt becomes a preference pair: `revision` (SL-CAI: chosen = the final revision, rejected =
@@ -62,7 +67,7 @@ class GenerateOptions(BaseModel):
     repetition_penalty: float = Field(1.1, ge=1.0)  # small models loop when greedy; 1.0 turns it off
     few_shot: int = Field(2, ge=0)  # examples placed before each critique/revision conversation
     match_examples: bool = False  # True: the sampled principle's own examples (no shared prefix: slower on CPU)
-    filters: list[str] = Field(default_factory=lambda: list(FILTERS))
+    filters: list[str] = Field(default_factory=lambda: list(DEFAULT_FILTERS))
     force_new: bool = False
     # A request the engine could not answer (after its retries): `stop` ends the run with one line (the rows
     # finished so far are kept; a rerun resumes), `skip` writes that row with status `error` and goes on. An
