@@ -57,6 +57,20 @@ def test_laptop_recipe_asks_the_model_to_judge_and_falls_back_to_contrast_pairs(
     assert not any(run.trust_judge for run in recipe.generate)
 
 
+def test_laptop_recipe_pairs_everyday_requests_against_refusals():
+    """Issue 23: without this run the trained model refused 0.59 of everyday requests (docs: Results, Levers).
+    Every principle of its constitution must be a helping one, so that each everyday pair's rejected side
+    opens with a refusal and its chosen side is never steered towards one."""
+    from cai_kit.core.constitution import load_constitution
+    from cai_kit.generation.options import is_helping
+
+    recipe = load_recipe(REPO / "recipes" / "zephyr_cai.yaml")
+    everyday = [run for run in recipe.generate if run.prompts == ["everyday"]]
+    assert len(everyday) == 1 and everyday[0].limit == 240 and everyday[0].weight > 0
+    constitution = load_constitution(everyday[0].constitution)
+    assert constitution.principles and all(is_helping(p) for p in constitution.principles)
+
+
 BROKEN = """\
 model: tiny-random
 sede: 3
