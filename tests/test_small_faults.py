@@ -55,7 +55,9 @@ def test_constitution_new_with_an_empty_name_is_one_line(tmp_path, monkeypatch, 
 def test_ctrl_c_during_generate_says_the_run_resumes_and_it_does(tmp_path):
     servers = FakeServers(tmp_path)
     try:
-        url, _, _ = servers.start("--delay", "0.1")
+        # 0.3 s a request: the run takes ~9 s, so a test process stalled for a few seconds on a busy CI machine
+        # still interrupts it mid-run (at 0.1 s one run finished in 3 s before the signal arrived).
+        url, _, _ = servers.start("--delay", "0.3")
         prompts = tmp_path / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"id": f"q{k}", "prompt": f"question {k}"}) + "\n" for k in range(20)))
         out = tmp_path / "out"
