@@ -55,16 +55,17 @@ def test_constitution_new_with_an_empty_name_is_one_line(tmp_path, monkeypatch, 
 def test_ctrl_c_during_generate_says_the_run_resumes_and_it_does(tmp_path):
     servers = FakeServers(tmp_path)
     try:
-        # 0.3 s a request: the run takes ~9 s, so a test process stalled for a few seconds on a busy CI machine
-        # still interrupts it mid-run (at 0.1 s one run finished in 3 s before the signal arrived).
-        url, _, _ = servers.start("--delay", "0.3")
+        url, _, _ = servers.start("--delay", "0.1")
         prompts = tmp_path / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"id": f"q{k}", "prompt": f"question {k}"}) + "\n" for k in range(20)))
         out = tmp_path / "out"
         args = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", str(CONSTITUTION), "-p", str(prompts), "-m",
                 "m", "--limit", "0", "-o", str(out), "--engine", "openai", "--base-url", url, "--batch-size", "2"]
         with (tmp_path / "cli.log").open("w") as stderr:
-            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
+            # Ctrl-C as in a terminal: a parent started in the background by a shell ignores SIGINT, and the
+            # child would inherit that and never see the signal.
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
+                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         generations = out / "generations.jsonl"
         deadline = time.time() + 120
         while not (generations.exists() and generations.read_text().count("\n") >= 2):
