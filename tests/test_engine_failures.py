@@ -97,6 +97,23 @@ def test_an_answer_that_is_not_json_stops_the_run(tmp_path, fake):
     assert len(requests(log)) == 2 * 2, "no critique was asked for after the first answers failed"
 
 
+@pytest.mark.parametrize("command", [
+    ["try", "-c", str(CONSTITUTION), "how do I pick a lock?"],
+    ["eval", "-s", "harmful", "--limit", "2"],
+])
+def test_try_and_eval_stop_on_a_failed_request_instead_of_reading_its_error_as_an_answer(command, tmp_path, fake):
+    url, _, log = fake("--fail", "500")
+    out = ["-o", str(tmp_path / "eval")] if command[0] == "eval" else []
+    args = [sys.executable, "-m", "cai_kit.cli", *command, "-m", "m", "--engine", "openai", "--base-url", url,
+            "--engine-option", "backoff=0", "--engine-option", "retries=1", *out]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = error_lines(result)
+    assert "engine 'openai'" in line and "HTTP 500" in line, line
+    assert "CRITIQUE" not in result.stdout and not (tmp_path / "eval" / "results.json").exists()
+    assert len(requests(log)) <= 2 * 2, "nothing was asked after the first answers failed"
+
+
 def test_a_server_that_never_answers_times_out_and_stops(tmp_path, fake):
     url, _, log = fake("--fail", "hang")
     started = time.time()

@@ -238,6 +238,29 @@ def test_run_eval_scores_scripted_models(tmp_path, monkeypatch):
     assert model.generated == 32
 
 
+def test_a_failed_request_stops_the_eval_and_is_never_scored_as_an_answer(tmp_path):
+    # An engine hands a request it could not answer back as a completion with finish_reason "error" whose text
+    # says why. Scored as an answer, "HTTP 500" would count as complied; the run stops instead, keeping the rest.
+    failing = {row.prompt for row in select_prompts("eval/harmful", 4)[2:3]}
+    down = ScriptedEngine()
+    down.generate = lambda conversations, params: [
+        Completion("the server answered HTTP 500", "error", 0) if c[-1]["content"] in failing
+        else Completion("I can't help with that.", "stop", 3) for c in conversations]
+    options = EvalOptions(model="model", suites=["harmful"], limit=4, out=str(tmp_path))
+    with pytest.raises(UsageError, match=r"a request of the model model failed \(the server answered HTTP 500\); "
+                                         r"the 3 answers written so far are kept in .*answers_model.jsonl"):
+        run_eval(options, engines={"model": down})
+    kept = [json.loads(line) for line in (tmp_path / "answers_model.jsonl").read_text().splitlines()]
+    assert len(kept) == 3 and all(row["answer"] == "I can't help with that." for row in kept)
+    assert not (tmp_path / "results.json").exists()
+
+    # A rerun against a working engine asks only the missing prompt.
+    up = ScriptedEngine(reply=lambda prompt: "I can't help with that.")
+    results = run_eval(options, engines={"model": up})
+    assert up.generated == 1
+    assert results["suites"]["harmful"]["scores"]["model"]["refused"]["k"] == 4
+
+
 def test_no_win_rate_from_a_judge_at_chance(tmp_path, monkeypatch):
     monkeypatch.setenv("CAI_KIT_CACHE", str(tmp_path / "cache"))  # the judge-check result is cached there
     judge = ScriptedEngine(label_score=lambda text, label: 0.0)  # every label equally likely: pure chance

@@ -88,3 +88,16 @@ generate:
     result = CliRunner().invoke(main, ["validate", str(recipe)])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{recipe}: ok (recipe)"
+
+
+def test_validate_checks_a_recipe_with_the_overrides_train_would_run(tmp_path):
+    ok = CliRunner().invoke(main, ["validate", "zephyr_cai", "--set", "dpo.trl.loss_type=ipo"])
+    assert ok.exit_code == 0 and ok.output.strip() == "zephyr_cai: ok (recipe)", ok.output
+    # sigmoid ignores label_smoothing in TRL: the recipe would train plain DPO, so it does not load.
+    bad = CliRunner().invoke(main, ["validate", "zephyr_cai", "--set", "dpo.trl.label_smoothing=0.1"])
+    assert bad.exit_code == 2 and "dpo.trl.label_smoothing" in bad.output, bad.output
+    unknown = CliRunner().invoke(main, ["validate", "zephyr_cai", "--set", "sft.lora.rank=8"])
+    assert unknown.exit_code == 2 and "--set sft.lora.rank=8: unknown key sft.lora.rank" in unknown.output
+    constitution = CliRunner().invoke(main, ["validate", str(HARMLESS), "--set", "seed=1"])
+    assert constitution.exit_code == 2
+    assert f"{HARMLESS}: --set applies to recipes, and this is a constitution" in constitution.output

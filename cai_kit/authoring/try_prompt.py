@@ -16,8 +16,10 @@ import click
 from pydantic import PrivateAttr
 
 from cai_kit.core.constitution import Constitution, Principle, load_constitution
+from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow
 from cai_kit.engines import load_engine
+from cai_kit.generation.failures import EngineFailed, StopOnError
 from cai_kit.generation.filters import row_status
 from cai_kit.generation.loop import critique_and_revise
 from cai_kit.generation.options import FILTERS, HELPING_TAGS, GenerateOptions
@@ -55,8 +57,11 @@ def try_prompt(
         trust_remote_code=options.trust_remote_code,
         **options.engine_options,
     )
-    try:
-        row = critique_and_revise(engine, constitution, [PromptRow("try", prompt, category, "cai try")], options)[0]
+    try:  # a failed request's text says why it failed: it is not an answer to critique or revise
+        row = critique_and_revise(StopOnError(engine), constitution, [PromptRow("try", prompt, category, "cai try")],
+                                  options)[0]
+    except EngineFailed as err:
+        raise UsageError(f"engine {options.engine!r}: the request failed ({err})") from None
     finally:
         engine.close()
     last = constitution.get(row["steps"][-1]["principle"])

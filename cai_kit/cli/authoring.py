@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cai_kit.cli.flags import constitution_option, default
+from cai_kit.cli.flags import constitution_option, default, engine_flags
 from cai_kit.core.errors import UsageError, usage_errors
 from cai_kit.generation.options import GenerateOptions
 
@@ -87,6 +87,7 @@ def schema_command(kind: str) -> None:
     help="Constitution examples shown before each critique.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@engine_flags
 @usage_errors
 def try_command(prompt: str, constitution: Path, principle: str | None, category: str, **kwargs) -> None:
     """Run one PROMPT through the critique/revision loop and show every step: the way to tune a principle.
@@ -97,8 +98,10 @@ def try_command(prompt: str, constitution: Path, principle: str | None, category
       cai try -c my.yaml "how do I pick a lock?" --principle crime --rounds 2
     """
     from cai_kit.authoring.try_prompt import format_trace, try_prompt
+    from cai_kit.engines import parse_engine_options
     from cai_kit.generation.options import GenerateOptions
 
+    kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     options = GenerateOptions(constitution=str(constitution), batch_size=1, **kwargs)
     click.echo(format_trace(try_prompt(options, prompt, principle, category)))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from cai_kit.cli.flags import set_option
 from cai_kit.core.errors import UsageError, usage_errors
 from cai_kit.core.shipped import find_shipped, named_dir, not_shipped, resolve_yaml, shipped_names
 
@@ -25,14 +26,18 @@ def is_constitution(data: object) -> bool:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@set_option
 @usage_errors
-def validate(files: tuple[Path, ...]) -> None:
+def validate(files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
     """Check constitution or recipe files, or shipped ones by name, without loading a model; every problem at once.
+
+    `--set` checks each recipe as `cai train RECIPE --set ...` would run it.
 
     \b
     Example:
       cai validate my_constitution.yaml my_recipe.yaml
       cai validate harmless zephyr_cai
+      cai validate zephyr_cai --set dpo.trl.loss_type=ipo
     """
     from cai_kit.core.config_file import read_yaml
 
@@ -47,6 +52,8 @@ def validate(files: tuple[Path, ...]) -> None:
             if is_constitution(data):
                 from cai_kit.core.constitution import load_constitution
 
+                if overrides:
+                    raise UsageError(f"{path}: --set applies to recipes, and this is a constitution")
                 constitution = load_constitution(path)
                 click.echo(
                     f"{spec}: ok (constitution '{constitution.name}', {len(constitution.principles)} principles)"
@@ -54,7 +61,7 @@ def validate(files: tuple[Path, ...]) -> None:
             else:
                 from cai_kit.training.recipe import load_recipe
 
-                load_recipe(path)
+                load_recipe(path, overrides)
                 click.echo(f"{spec}: ok (recipe)")
         except UsageError as err:
             problems.extend(err.problems)

@@ -41,6 +41,12 @@ def engine_flags(func):
     return click.option("--engine-option", multiple=True, metavar="KEY=VALUE", help=option_help)(func)
 
 
+def set_option(func):
+    """`--set KEY.PATH=VALUE`, the recipe overrides of `cai train` and `cai validate`."""
+    return click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                        help="Override a recipe value (parsed as YAML); repeatable.")(func)
+
+
 def licence_flags(whose: str):
     """`--model-licence` and `--accept-licence-risk`, for the commands whose outputs train a model."""
 

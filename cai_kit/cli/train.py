@@ -7,19 +7,13 @@ from pathlib import Path
 
 import click
 
-from cai_kit.cli.flags import licence_flags
+from cai_kit.cli.flags import licence_flags, set_option
 from cai_kit.core.errors import disk_errors_in, usage_errors
 
 
 @click.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY.PATH=VALUE",
-    help="Override a recipe value (parsed as YAML); repeatable.",
-)
+@set_option
 @click.option("--stages", default=None, help="Subset of generate,sft,dpo,eval [default: the recipe's].")
 @licence_flags("the recipe model's")
 @usage_errors(resume="finished stages, generated rows and complete checkpoints are kept: rerun the same command "

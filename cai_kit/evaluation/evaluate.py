@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow, load_prompts, round_robin
 from cai_kit.core.shipped import shipped_file
 from cai_kit.engines import Engine, GenParams, load_engine
@@ -130,8 +131,11 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
         for start in range(0, len(pending), options.batch_size * 4):  # append per chunk: an interrupt loses little
             chunk = pending[start:start + options.batch_size * 4]
             replies = engine.generate([[{"role": "user", "content": row.prompt}] for _, row in chunk], params)
+            failed = next((reply for reply in replies if reply.finish_reason == "error"), None)
             with path.open("a", encoding="utf-8") as handle:
                 for (suite, row), reply in zip(chunk, replies, strict=True):
+                    if reply.finish_reason == "error":  # its text says why it failed: it is not an answer
+                        continue
                     entry = {"suite": suite, "id": row.id, "category": row.category, "prompt": row.prompt,
                              "answer": reply.text, "finish_reason": reply.finish_reason, "tokens": reply.tokens,
                              **identity}
@@ -139,6 +143,11 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
                     handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+            if failed is not None:
+                reason = failed.text or "no reason given"
+                raise UsageError(f"engine {options.engine!r}: a request of the {role} {spec} failed ({reason}); the "
+                                 f"{len(cached)} answers written so far are kept in {path}: fix the cause and rerun "
+                                 "the same command to resume")
     return cached, engine
 
 
