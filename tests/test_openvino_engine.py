@@ -167,3 +167,25 @@ def test_cai_generate_on_the_default_model(default_model_path, tmp_path):
     assert len(rows) == 16 and all(row["initial"] for row in rows)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["engine"] == "openvino" and "openvino-genai" in manifest["versions"]
+
+
+@pytest.mark.slow
+def test_the_laptop_recipe_makes_the_same_contrast_pairs_on_both_engines(default_model_path, tmp_path):
+    """recipes/zephyr_cai.yaml generates with `engine: auto`, so openvino where the extra is installed. Its
+    runs make contrast pairs (the default model fails cai judge-check); greedy, both engines in fp32 must
+    write the same pairs, or the recipe's data would depend on what is installed."""
+    from cai_kit.training.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "zephyr_cai.yaml")
+    assert {run.engine for run in recipe.generate} == {"auto"}
+    texts = {}
+    for engine in ("transformers", "openvino"):
+        out = tmp_path / engine
+        command = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", "harmless", "-p", "red_team",
+                   "--pairs", "contrast", "--limit", "6", "--max-new-tokens", "48", "--engine", engine, "-o", str(out)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows = [json.loads(line) for line in (out / "prefs.jsonl").read_text().splitlines()]
+        texts[engine] = {row["id"]: (row["chosen"], row["rejected"]) for row in rows}
+    assert len(texts["transformers"]) == 6
+    assert texts["openvino"] == texts["transformers"]
