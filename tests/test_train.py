@@ -275,3 +275,36 @@ def test_sft_weight_zero_keeps_a_runs_answers_out_of_sft_but_not_out_of_dpo(tmp_
     assert [c["train"] for c in prepare_data(recipe, "dpo")] == [5, 5]
     sft_rows = (recipe.out / "sft" / "data" / "train.jsonl").read_text()
     assert "refuse" not in sft_rows and "answer" in sft_rows
+
+
+def test_a_run_weighted_zero_in_both_stages_is_not_generated_and_holds_nothing_out(tmp_path, capsys):
+    from cai_kit.training.train import generate_stage, prepare_data
+
+    shipped = Path(__file__).resolve().parent.parent / "constitutions"
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(
+        f"output_dir: {tmp_path / 'run'}\ngenerate:\n"
+        f"  - {{constitution: {shipped / 'helpful.yaml'}}}\n"
+        f"  - {{constitution: {shipped / 'harmless.yaml'}, weight: 0}}\n"
+        "data: {test_split: 0.2}\n"
+    )
+    recipe = load_recipe(recipe_path)
+    folder = recipe.generate_dir(0)
+    folder.mkdir(parents=True)
+    prompts = [[_user(f"answer {i}")] for i in range(10)]
+    sft_rows = [{"messages": p + [_assistant("ok")]} for p in prompts]
+    (folder / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in sft_rows))
+    (folder / "prefs.jsonl").write_text("".join(json.dumps(
+        {"prompt": p, "chosen": [_assistant("ok")], "rejected": [_assistant("no")]}) + "\n" for p in prompts))
+    (folder / ".complete").write_text("{}")
+    generate_stage(recipe)  # run 0 is complete; run 1 would train nothing, so no model is loaded for it
+    assert "generate[1]: weight 0 in SFT and DPO" in capsys.readouterr().err
+    assert not recipe.generate_dir(1).exists()
+    assert [(c["train"], c["test"]) for c in prepare_data(recipe, "dpo")] == [(8, 2)]
+
+    # Weighted 0 in DPO only, it is generated for SFT, and DPO holds none of its rows out either.
+    shutil.rmtree(recipe.out / "dpo")
+    shutil.copytree(folder, recipe.generate_dir(1))
+    recipe = load_recipe(recipe_path, ["generate.1.sft_weight=1"])
+    assert [(c["train"], c["test"]) for c in prepare_data(recipe, "dpo")] == [(8, 2), (0, 0)]
+    assert [(c["train"], c["test"]) for c in prepare_data(recipe, "sft")] == [(8, 2), (8, 2)]

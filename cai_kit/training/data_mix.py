@@ -94,7 +94,8 @@ def mix(sources: list[Source], stage: str, test_split: float, seed: int, min_sco
         scored_low = [row for row in rows if row.get("score", 1.0) < min_score]
         rows = [row for row in rows if row.get("score", 1.0) >= min_score]
         random.Random(f"{seed}:{source.name}").shuffle(rows)
-        held = 0 if test_split == 0 or len(rows) < 2 else max(1, round(len(rows) * test_split))
+        # A source weighted 0 is left out of the stage, its held-out share too (it would count in the eval loss).
+        held = 0 if test_split == 0 or len(rows) < 2 or source.weight == 0 else max(1, round(len(rows) * test_split))
         # Held-out pairs keep the judge's orientation (they measure it); training pairs get the soft labels.
         rng = random.Random(f"{seed}:{source.name}:soft")
         kept = [soft_label(row, rng) if soft_labels else _without_score(row) for row in rows[held:]]

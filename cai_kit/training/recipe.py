@@ -72,6 +72,11 @@ class GenerateRun(GenerateOptions):
     # which also sees the rejected side, learns from them.
     sft_weight: float | None = Field(default=None, ge=0.0)
 
+    @property
+    def trains_nothing(self) -> bool:
+        """Weight 0 in SFT and DPO alike: nothing of this run would be trained on, so it is not generated."""
+        return self.weight == 0 and not self.sft_weight
+
 
 class DataFile(BaseModel):
     model_config = ConfigDict(extra="forbid")

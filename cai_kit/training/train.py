@@ -146,6 +146,9 @@ def generate_stage(recipe: Recipe) -> None:
         if is_complete(folder):
             log(f"generate[{index}]: complete, skipped ({folder}){_changed_since(folder, options)}")
             continue
+        if run.trains_nothing:
+            log(f"generate[{index}]: weight 0 in SFT and DPO, so nothing of it would be trained on; not generated")
+            continue
         run_generate(GenerateOptions(**values), licences_checked=True)  # check_recipe covered this run
         mark_complete(folder, options=options)
 
@@ -193,6 +196,8 @@ def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
     sources = []
     for index, run in enumerate(recipe.generate):
         path = recipe.generate_dir(index) / name
+        if run.trains_nothing and not path.is_file():
+            continue  # weighted 0 in both stages, so never generated (generate_stage)
         if not path.is_file():
             raise UsageError(f"{stage}: generate[{index}] has no {path}; run the generate stage first "
                              "(cai train RECIPE --stages generate)")
