@@ -278,7 +278,8 @@ def test_sft_weight_zero_keeps_a_runs_answers_out_of_sft_but_not_out_of_dpo(tmp_
 
 
 def test_a_run_weighted_zero_in_both_stages_is_not_generated_and_holds_nothing_out(tmp_path, capsys):
-    from cai_kit.training.train import generate_stage, prepare_data
+    from cai_kit.training.generate_runs import generate_stage
+    from cai_kit.training.train import prepare_data
 
     shipped = Path(__file__).resolve().parent.parent / "constitutions"
     recipe_path = tmp_path / "r.yaml"

@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,12 @@ from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.checkpoints import SaveMarker, newest_complete
 from cai_kit.training.curves import BEHAVIOUR_PNG, write_behaviour, write_curves
 from cai_kit.training.data_mix import Source, describe, mix
+from cai_kit.training.generate_runs import MARKER, generate_stage, is_complete, mark_complete
 from cai_kit.training.log import log
 from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
 from cai_kit.training.steps import STEPS_FILE, StepLog, read_steps
 
-MARKER = ".complete"
 LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
-
-
-def mark_complete(folder: Path, **details: Any) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / MARKER, json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **details},
-                                             indent=1, default=str) + "\n")
 
 
 def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
@@ -128,47 +117,6 @@ def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
     return final
 
 
-def generate_stage(recipe: Recipe) -> None:
-    from cai_kit.generation.generate import run_generate
-    from cai_kit.generation.options import GenerateOptions
-
-    if not recipe.generate:
-        log("generate: the recipe has no generate runs; skipped")
-    for index, run in enumerate(recipe.generate):
-        folder = recipe.generate_dir(index)
-        values = run.model_dump(exclude={"weight", "sft_weight"})
-        values.update(model=recipe.model, out=str(folder),
-                      trust_remote_code=run.trust_remote_code or recipe.trust_remote_code,
-                      model_licences=recipe.model_licences, accept_licence_risk=recipe.accept_licence_risk)
-        if "seed" not in run.model_fields_set:
-            values["seed"] = recipe.seed
-        options = GenerateOptions(**values).model_dump(mode="json")
-        if is_complete(folder):
-            log(f"generate[{index}]: complete, skipped ({folder}){_changed_since(folder, options)}")
-            continue
-        if run.trains_nothing:
-            log(f"generate[{index}]: weight 0 in SFT and DPO, so nothing of it would be trained on; not generated")
-            continue
-        run_generate(GenerateOptions(**values), licences_checked=True)  # check_recipe covered this run
-        mark_complete(folder, options=options)
-
-
-def _changed_since(folder: Path, options: dict[str, Any]) -> str:
-    """A warning when a finished generate run was made with other options than the recipe's now."""
-    before = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("options")
-    if before is None:
-        return ""
-    # `out` moves with the folder (a run copied into another output_dir): not a change of what it holds.
-    changed = [
-        f"{key} {before.get(key)!r} -> {value!r}"
-        for key, value in options.items()
-        if before.get(key) != value and key != "out"
-    ]
-    if not changed:
-        return ""
-    return f"; WARNING: the recipe changed since it ran ({'; '.join(changed)}): delete {folder} to generate it again"
-
-
 def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> None:
     folder = recipe.out / stage
     if is_complete(folder):
@@ -196,8 +144,8 @@ def prepare_data(recipe: Recipe, stage: str) -> list[dict[str, Any]]:
     sources = []
     for index, run in enumerate(recipe.generate):
         path = recipe.generate_dir(index) / name
-        if run.trains_nothing and not path.is_file():
-            continue  # weighted 0 in both stages, so never generated (generate_stage)
+        if run.trains_nothing and not path.is_file():  # weighted 0 in both stages: never generated
+            continue
         if not path.is_file():
             raise UsageError(f"{stage}: generate[{index}] has no {path}; run the generate stage first "
                              "(cai train RECIPE --stages generate)")
