@@ -246,31 +246,36 @@ def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_mode
     assert again.output.count("dpo: complete, skipped") == 2 and again.output.count("eval: complete, skipped") == 2
 
 
-def test_sft_weight_zero_keeps_a_runs_answers_out_of_sft_but_not_out_of_dpo(tmp_path):
-    from cai_kit.training.train import prepare_data
-
+def _two_run_recipe(tmp_path: Path, first: str, second: str, test_split: float):
+    """A recipe of two generate runs (`first`, `second`: the inline options after the constitution)."""
     shipped = Path(__file__).resolve().parent.parent / "constitutions"
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(
         f"output_dir: {tmp_path / 'run'}\ngenerate:\n"
-        f"  - {{constitution: {shipped / 'harmless.yaml'}, sft_weight: 0}}\n"
-        f"  - {{constitution: {shipped / 'helpful.yaml'}}}\n"
-        "data: {test_split: 0}\n"
+        f"  - {{constitution: {shipped / 'harmless.yaml'}{first}}}\n"
+        f"  - {{constitution: {shipped / 'helpful.yaml'}{second}}}\n"
+        f"data: {{test_split: {test_split}}}\n"
     )
-    recipe = load_recipe(recipe_path)
+    return recipe_path
+
+
+def _generated(folder: Path, word: str, count: int) -> None:
+    """A finished generate folder whose SFT rows answer `word` and whose pairs prefer it to "no"."""
+    folder.mkdir(parents=True)
+    prompts = [[_user(f"{word} {i}")] for i in range(count)]
+    sft = [{"messages": p + [_assistant(word)]} for p in prompts]
+    prefs = [{"prompt": p, "chosen": [_assistant(word)], "rejected": [_assistant("no")]} for p in prompts]
+    (folder / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in sft))
+    (folder / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prefs))
+    (folder / ".complete").write_text("{}")
+
+
+def test_sft_weight_zero_keeps_a_runs_answers_out_of_sft_but_not_out_of_dpo(tmp_path):
+    from cai_kit.training.train import prepare_data
+
+    recipe = load_recipe(_two_run_recipe(tmp_path, ", sft_weight: 0", "", test_split=0))
     for index, word in enumerate(["refuse", "answer"]):
-        folder = recipe.generate_dir(index)
-        folder.mkdir(parents=True)
-        prompts = [[_user(f"{word} {i}")] for i in range(5)]
-        (folder / "sft.jsonl").write_text(
-            "".join(json.dumps({"messages": p + [_assistant(word)]}) + "\n" for p in prompts)
-        )
-        (folder / "prefs.jsonl").write_text(
-            "".join(
-                json.dumps({"prompt": p, "chosen": [_assistant(word)], "rejected": [_assistant("no")]}) + "\n"
-                for p in prompts
-            )
-        )
+        _generated(recipe.generate_dir(index), word, 5)
     assert [c["train"] for c in prepare_data(recipe, "sft")] == [0, 5]
     assert [c["train"] for c in prepare_data(recipe, "dpo")] == [5, 5]
     sft_rows = (recipe.out / "sft" / "data" / "train.jsonl").read_text()
@@ -281,23 +286,9 @@ def test_a_run_weighted_zero_in_both_stages_is_not_generated_and_holds_nothing_o
     from cai_kit.training.generate_runs import generate_stage
     from cai_kit.training.train import prepare_data
 
-    shipped = Path(__file__).resolve().parent.parent / "constitutions"
-    recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text(
-        f"output_dir: {tmp_path / 'run'}\ngenerate:\n"
-        f"  - {{constitution: {shipped / 'helpful.yaml'}}}\n"
-        f"  - {{constitution: {shipped / 'harmless.yaml'}, weight: 0}}\n"
-        "data: {test_split: 0.2}\n"
-    )
+    recipe_path = _two_run_recipe(tmp_path, "", ", weight: 0", test_split=0.2)
     recipe = load_recipe(recipe_path)
-    folder = recipe.generate_dir(0)
-    folder.mkdir(parents=True)
-    prompts = [[_user(f"answer {i}")] for i in range(10)]
-    sft_rows = [{"messages": p + [_assistant("ok")]} for p in prompts]
-    (folder / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in sft_rows))
-    (folder / "prefs.jsonl").write_text("".join(json.dumps(
-        {"prompt": p, "chosen": [_assistant("ok")], "rejected": [_assistant("no")]}) + "\n" for p in prompts))
-    (folder / ".complete").write_text("{}")
+    _generated(recipe.generate_dir(0), "refuse", 10)
     generate_stage(recipe)  # run 0 is complete; run 1 would train nothing, so no model is loaded for it
     assert "generate[1]: weight 0 in SFT and DPO" in capsys.readouterr().err
     assert not recipe.generate_dir(1).exists()
@@ -305,7 +296,7 @@ def test_a_run_weighted_zero_in_both_stages_is_not_generated_and_holds_nothing_o
 
     # Weighted 0 in DPO only, it is generated for SFT, and DPO holds none of its rows out either.
     shutil.rmtree(recipe.out / "dpo")
-    shutil.copytree(folder, recipe.generate_dir(1))
+    _generated(recipe.generate_dir(1), "answer", 10)
     recipe = load_recipe(recipe_path, ["generate.1.sft_weight=1"])
     assert [(c["train"], c["test"]) for c in prepare_data(recipe, "dpo")] == [(8, 2), (0, 0)]
     assert [(c["train"], c["test"]) for c in prepare_data(recipe, "sft")] == [(8, 2), (8, 2)]
