@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cai_kit.core.errors import UsageError
-from cai_kit.engines import GenParams, load_engine, openvino_export, resolve_engine_name
+from cai_kit.engines import GenParams, load_engine, openvino, openvino_export, resolve_engine_name
 
 FEW_SHOT = [
     {"role": "user", "content": "an example question " * 12},
@@ -70,6 +70,37 @@ def test_greedy_replies_match_the_transformers_engine(engines):
     assert [(c.text, c.tokens, c.finish_reason) for c in ov] == [(c.text, c.tokens, c.finish_reason) for c in tf]
     assert any(c.text for c in ov), "the tiny model should write some text"
     assert engines["openvino"].generated_tokens >= sum(c.tokens for c in ov)
+
+
+def test_a_shared_prefix_is_prefilled_once_in_whole_blocks_and_changes_no_reply(engines, tiny_model_path, monkeypatch):
+    long_few_shot = FEW_SHOT * 4  # several KV blocks shared by every row
+    rows = [long_few_shot + [{"role": "user", "content": "question " * (k + 1)}] for k in range(3)]
+    params = GenParams(max_new_tokens=12)
+    engine = engines["openvino"]
+    warmed: list[int] = []
+    original = engine.pipeline.generate
+
+    def spy(inputs, configs):
+        if configs[0].max_new_tokens == 1:
+            warmed.append(inputs[0].shape[1])
+        return original(inputs, configs)
+
+    monkeypatch.setattr(engine, "pipeline", type("Spy", (), {"generate": staticmethod(spy)})())
+    replies = [c.text for c in engine.generate(rows, params)]
+    monkeypatch.undo()
+    encoded = engine._encode([engine.render(c) for c in rows])
+    shared = openvino.shared_prefix_length(encoded)
+    assert warmed == [shared - shared % openvino.CPU_KV_BLOCK] and warmed[0] >= 2 * openvino.CPU_KV_BLOCK
+    assert replies == [c.text for c in engines["transformers"].generate(rows, params)]
+    cold = load_engine("openvino", tiny_model_path, batch_size=3, warm_prefix=False, progress=False)
+    assert replies == [c.text for c in cold.generate(rows, params)]
+    cold.close()
+
+
+def test_shared_prefix_length():
+    assert openvino.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert openvino.shared_prefix_length([[1, 2], [1, 2]]) == 2
+    assert openvino.shared_prefix_length([[7], [1, 2]]) == 0
 
 
 def test_repetition_penalty_and_max_new_tokens_are_applied(engines):
@@ -154,19 +185,29 @@ def test_auto_picks_openvino_on_a_cpu_and_says_so(tiny_model_path, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_cai_generate_on_the_default_model(default_model_path, tmp_path):
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", "harmless", "--engine", "openvino"]
-    result = subprocess.run(
-        [*command, "--limit", "16", "-o", str(out)], capture_output=True, text=True, timeout=3600
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    names = {p.name for p in out.iterdir()}
-    assert names == {"README.md", "generations.jsonl", "manifest.json", "prefs.jsonl", "sft.jsonl"}
-    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and all(row["initial"] for row in rows)
-    manifest = json.loads((out / "manifest.json").read_text())
+def test_cai_generate_on_the_default_model_writes_what_the_transformers_engine_writes(default_model_path, tmp_path):
+    """The critique/revision pipeline, greedy in fp32: the same 16 rows, word for word, on both engines. On this
+    model a shared prefix prefilled to a part-filled KV block changed half the critiques, so this guards the
+    openvino engine's prefix prefill too."""
+    rows = {}
+    for engine in ("openvino", "transformers"):
+        out = tmp_path / engine
+        command = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", "harmless", "--engine", engine]
+        result = subprocess.run(
+            [*command, "--limit", "16", "-o", str(out)], capture_output=True, text=True, timeout=3600
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        names = {p.name for p in out.iterdir()}
+        assert names == {"README.md", "generations.jsonl", "manifest.json", "prefs.jsonl", "sft.jsonl"}
+        rows[engine] = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(rows["openvino"]) == 16 and all(row["initial"] and row["steps"] for row in rows["openvino"])
+    manifest = json.loads((tmp_path / "openvino" / "manifest.json").read_text())
     assert manifest["options"]["engine"] == "openvino" and "openvino-genai" in manifest["versions"]
+
+    def texts(engine):
+        return [(row["initial"], row["steps"], row["final"], row["finish_reason"]) for row in rows[engine]]
+
+    assert texts("openvino") == texts("transformers")
 
 
 @pytest.mark.slow
