@@ -114,6 +114,20 @@ def test_try_and_eval_stop_on_a_failed_request_instead_of_reading_its_error_as_a
     assert len(requests(log)) <= 2 * 2, "nothing was asked after the first answers failed"
 
 
+def test_judge_check_takes_the_server_and_its_options_and_stops_on_a_failed_request(tmp_path, fake, tiny_model_path):
+    url, _, log = fake("--fail", "500")
+    args = [sys.executable, "-m", "cai_kit.cli", "judge-check", "--judge-model", "m", "--limit", "2", "--engine",
+            "openai", "--base-url", url, "--engine-option", "backoff=0", "--engine-option", "retries=1",
+            "--engine-option", f"tokenizer={tiny_model_path}", "-o", str(tmp_path / "check")]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = error_lines(result)
+    assert "engine 'openai'" in line and "HTTP 500" in line, line
+    assert not (tmp_path / "check" / "results.json").exists()
+    # 2 pairs x 2 orders x 2 labels scored, each tried twice (retries=1): nothing more was asked
+    assert 1 <= len(requests(log)) <= 16
+
+
 def test_a_server_that_never_answers_times_out_and_stops(tmp_path, fake):
     url, _, log = fake("--fail", "hang")
     started = time.time()

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cai_kit.cli.flags import default
+from cai_kit.cli.flags import default, engine_flags
 from cai_kit.core.errors import usage_errors
 from cai_kit.judging.judge_check import JudgeCheckOptions
 
@@ -39,6 +39,7 @@ J = JudgeCheckOptions
 @click.option("--engine", default=default(J, "engine"), help="transformers, vllm, openai, openvino or auto.")
 @click.option("--batch-size", type=click.IntRange(1), default=default(J, "batch_size"))
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@engine_flags
 @usage_errors
 def judge_check(**kwargs) -> None:
     """Measure a judge model on pairs with a known better answer; exit status 1 when it fails the thresholds.
@@ -48,8 +49,10 @@ def judge_check(**kwargs) -> None:
       cai judge-check --judge-model default
       cai judge-check --judge-model my_judge_folder -c harmless --cot --limit 30
     """
+    from cai_kit.engines import parse_engine_options
     from cai_kit.judging.judge_check import format_table, run_judge_check
 
+    kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     results = run_judge_check(JudgeCheckOptions(**kwargs))
     click.echo(format_table(results))
     click.echo(f"results: {results['options']['out']}/results.json")
