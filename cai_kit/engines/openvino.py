@@ -24,7 +24,7 @@ from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
 from cai_kit.engines.chat import encode_rendered, render_chat, stop_token_ids
 
-CPU_KV_BLOCK = 32  # tokens in one block of OpenVINO's paged KV cache on a CPU (GenAI does not expose it)
+CPU_KV_BLOCK = 32  # tokens per block of GenAI's paged KV cache on a CPU (16 on a GPU); Python cannot read it
 
 
 def shared_prefix_length(rows: list[list[int]]) -> int:
