@@ -98,18 +98,18 @@ def openvino_runs(
         contrast_pairs(contrast, constitution, prompts[chunk_start : chunk_start + args.batch_size], options)
     contrast_rate = (engine.generated_tokens - before) / (time.perf_counter() - start)
     engine.close()
-    cold = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=torch.get_num_threads(),
-                          warm_prefix=False)
+    threads = torch.get_num_threads()
+    cold = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=threads, warm_prefix=False)
     cold_rate, _ = replay(cold, recording.stages, recording.params)
     cold.close()
     started = time.perf_counter()
-    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=torch.get_num_threads())
+    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=threads)
     print(f"openvino engine loaded in {time.perf_counter() - started:.1f} s ({ov.folder.name})")
     rate, agree = replay(ov, recording.stages, recording.params, recording.replies)
     print(f"(g0) pipeline, openvino, no prefix prefill {cold_rate:8.1f} tokens/s   /b = {cold_rate / tf_rate:.2f}")
     print(
         f"(g) pipeline, openvino engine {rate:8.1f} tokens/s   /b = {rate / tf_rate:.2f}  "
-          f"/a = {rate / naive_rate:.1f}  /g0 = {rate / cold_rate:.2f}  greedy agreement {agree:.0%}  (target /b >= 2)"
+        f"/a = {rate / naive_rate:.1f}  /g0 = {rate / cold_rate:.2f}  greedy agreement {agree:.0%}  (target /b >= 2)"
     )
     rate, agree = replay(ov, contrast.stages, contrast.params, contrast.replies)
     print(f"(h) contrast, transformers    {contrast_rate:8.1f} tokens/s")

@@ -15,6 +15,7 @@ import pytest
 
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import GenParams, load_engine, openvino, openvino_export, resolve_engine_name
+from cai_kit.engines.chat import common_prefix_length
 
 FEW_SHOT = [
     {"role": "user", "content": "an example question " * 12},
@@ -89,7 +90,7 @@ def test_a_shared_prefix_is_prefilled_once_in_whole_blocks_and_changes_no_reply(
     replies = [c.text for c in engine.generate(rows, params)]
     monkeypatch.undo()
     encoded = engine._encode([engine.render(c) for c in rows])
-    shared = openvino.shared_prefix_length(encoded)
+    shared = common_prefix_length(encoded)
     assert warmed == [shared - shared % openvino.CPU_KV_BLOCK] and warmed[0] >= 2 * openvino.CPU_KV_BLOCK
     assert replies == [c.text for c in engines["transformers"].generate(rows, params)]
     cold = load_engine("openvino", tiny_model_path, batch_size=3, warm_prefix=False, progress=False)
@@ -97,10 +98,10 @@ def test_a_shared_prefix_is_prefilled_once_in_whole_blocks_and_changes_no_reply(
     cold.close()
 
 
-def test_shared_prefix_length():
-    assert openvino.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert openvino.shared_prefix_length([[1, 2], [1, 2]]) == 2
-    assert openvino.shared_prefix_length([[7], [1, 2]]) == 0
+def test_common_prefix_length():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2]]) == 2
+    assert common_prefix_length([[7], [1, 2]]) == 0
 
 
 def test_repetition_penalty_and_max_new_tokens_are_applied(engines):

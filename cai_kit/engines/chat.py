@@ -25,3 +25,11 @@ def stop_token_ids(eos: int | list[int] | None, tokenizer: Any) -> list[int]:
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     ids.add(tokenizer.eos_token_id)
     return sorted(i for i in ids if i is not None)
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows share: the part a prefix cache can compute once for the batch."""
+    first, length = rows[0], min(len(row) for row in rows)
+    for row in rows[1:]:
+        length = next((k for k in range(length) if row[k] != first[k]), length)
+    return length

@@ -22,17 +22,9 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.engines.chat import encode_rendered, render_chat, stop_token_ids
+from cai_kit.engines.chat import common_prefix_length, encode_rendered, render_chat, stop_token_ids
 
 CPU_KV_BLOCK = 32  # tokens per block of GenAI's paged KV cache on a CPU (16 on a GPU); Python cannot read it
-
-
-def shared_prefix_length(rows: list[list[int]]) -> int:
-    """How many leading tokens all rows have in common."""
-    first, length = rows[0], min(len(row) for row in rows)
-    for row in rows[1:]:
-        length = next((k for k in range(length) if row[k] != first[k]), length)
-    return length
 
 
 class OpenVINOEngine:
@@ -157,7 +149,7 @@ class OpenVINOEngine:
 
         if len(rows) < 2:
             return
-        length = shared_prefix_length(rows)
+        length = common_prefix_length(rows)
         length -= length % CPU_KV_BLOCK  # the cache matches whole blocks; a part-filled one broke greedy agreement
         if length < 2 * CPU_KV_BLOCK:
             return

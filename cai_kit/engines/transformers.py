@@ -15,7 +15,7 @@ from typing import Any
 
 from cai_kit.core.precision import hardware_precision
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.engines.chat import encode_rendered, render_chat, stop_token_ids
+from cai_kit.engines.chat import common_prefix_length, encode_rendered, render_chat, stop_token_ids
 
 
 def pick_dtype(dtype: str):
@@ -35,16 +35,6 @@ def pick_dtype(dtype: str):
 
 MIN_PREFIX = 32  # shorter shared prefixes are not worth a separate forward pass
 ROW_CACHE_BATCHES = 4  # rows kept for reuse by the next call: 4 batches' worth (~7 MB a row, default model)
-
-
-def _common_prefix_length(rows: list[list[int]]) -> int:
-    first, length = rows[0], min(len(r) for r in rows)
-    for row in rows[1:]:
-        k = 0
-        while k < length and row[k] == first[k]:
-            k += 1
-        length = k
-    return length
 
 
 class TransformersEngine:
@@ -119,7 +109,7 @@ class TransformersEngine:
         import torch
 
         pad = self.tokenizer.pad_token_id
-        shared = _common_prefix_length(rows)
+        shared = common_prefix_length(rows)
         shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps a token to feed the model
         if not self.prefix_cache or shared < MIN_PREFIX:
             width = max(len(r) for r in rows)
