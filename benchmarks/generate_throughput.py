@@ -99,12 +99,17 @@ def openvino_runs(
     contrast_rate = (engine.generated_tokens - before) / (time.perf_counter() - start)
     engine.close()
     threads = torch.get_num_threads()
-    cold = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=threads, warm_prefix=False)
+    # The transformers engine's --dtype, in OpenVINO's names: under auto both take bf16 on a CPU with native bf16.
+    same = {"inference_precision": {"fp32": "f32", "float32": "f32", "bfloat16": "bf16"}.get(args.dtype, args.dtype)}
+    cold = OpenVINOEngine(
+        args.model, batch_size=args.batch_size, progress=False, threads=threads, warm_prefix=False, **same
+    )
     cold_rate, _ = replay(cold, recording.stages, recording.params)
     cold.close()
     started = time.perf_counter()
-    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=threads)
-    print(f"openvino engine loaded in {time.perf_counter() - started:.1f} s ({ov.folder.name})")
+    ov = OpenVINOEngine(args.model, batch_size=args.batch_size, progress=False, threads=threads, **same)
+    print(f"openvino engine loaded in {time.perf_counter() - started:.1f} s ({ov.folder.name}, "
+          f"{ov.inference_precision})")
     rate, agree = replay(ov, recording.stages, recording.params, recording.replies)
     print(f"(g0) pipeline, openvino, no prefix prefill {cold_rate:8.1f} tokens/s   /b = {cold_rate / tf_rate:.2f}")
     print(

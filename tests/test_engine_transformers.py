@@ -130,6 +130,26 @@ def test_batched_logprobs_equal_one_row_at_a_time_without_padding(engines):
         assert abs(float(logp[len(prompt) - 1 :].sum()) - score) < 1e-3
 
 
+def test_one_token_replies_to_one_prompt_share_a_forward_pass(engines):
+    """A judge's two labels after the same prompt come from one row of the batch; the values are those of
+    each row scored on its own, and a longer continuation still gets its own row."""
+    engine = engines[False]
+    conversations = chats(3) * 2 + chats(1)
+    continuations = ["A"] * 3 + ["B"] * 3 + ["No, not at all"]  # A and B: one token each here
+    rows: list[int] = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        shared = engine.logprobs(conversations, continuations)
+    finally:
+        hook.remove()
+    assert sum(rows) == 4, "three prompts' labels and one longer continuation: four rows"
+    alone = [engine.logprobs([c], [cont])[0] for c, cont in zip(conversations, continuations)]
+    assert shared == pytest.approx(alone, abs=1e-4)
+    assert shared[0] != pytest.approx(shared[3], abs=1e-3), "A and B should score differently"
+
+
 def test_token_logprobs_are_one_per_continuation_token_and_sum_to_logprobs(engines):
     engine = engines[False]
     conversations = chats(3)

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from cai_kit.core import precision
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import GenParams, load_engine, openvino, openvino_export, resolve_engine_name
-from cai_kit.engines.chat import common_prefix_length
+from cai_kit.engines.chat import common_prefix_length, scoring_leads
 
 FEW_SHOT = [
     {"role": "user", "content": "an example question " * 12},
@@ -32,7 +34,7 @@ def chats(n: int) -> list[list[dict]]:
 @pytest.fixture(scope="module")
 def engines(tiny_model_path):
     return {
-        "openvino": load_engine("openvino", tiny_model_path, batch_size=3, progress=False),
+        "openvino": load_engine("openvino", tiny_model_path, batch_size=3, inference_precision="f32", progress=False),
         "transformers": load_engine("transformers", tiny_model_path, batch_size=3, dtype="fp32", progress=False),
     }
 
@@ -104,6 +106,13 @@ def test_common_prefix_length():
     assert common_prefix_length([[7], [1, 2]]) == 0
 
 
+def test_scoring_leads_share_a_pass_only_for_one_token_continuations_of_one_prompt():
+    prompts = [[1, 2], [1, 2], [1, 2], [3], [1, 2], [3]]
+    full = [[1, 2, 7], [1, 2, 8], [1, 2, 8, 9], [3, 7], [1, 5], [3, 8]]
+    # row 2 is two tokens, row 4 does not extend its prompt unchanged (a merge at the boundary)
+    assert scoring_leads(prompts, full) == [0, 0, 2, 3, 4, 3]
+
+
 def test_repetition_penalty_and_max_new_tokens_are_applied(engines):
     params = GenParams(max_new_tokens=6, repetition_penalty=1.3)
     ov = engines["openvino"].generate(chats(3), params)
@@ -123,19 +132,38 @@ def test_seeded_sampling_repeats_and_the_seed_matters(engines):
     assert sample(1) != sample(2)
 
 
+class CountingRequest:
+    """The scorer's infer request, counting its forward passes."""
+
+    def __init__(self, request):
+        self.request, self.passes = request, 0
+
+    def infer(self, inputs):
+        self.passes += 1
+        return self.request.infer(inputs)
+
+    def reset_state(self):
+        self.request.reset_state()
+
+
 def test_logprobs_match_the_transformers_engine(engines):
-    conversations = chats(3)
-    continuations = ["an answer", "question", " The"]
-    ov = engines["openvino"].logprobs(conversations, continuations)
+    conversations = chats(3) + chats(3)[:2]
+    continuations = ["an answer", "A", " The", "B", "B"]  # A and B: one token each here
+    engine = engines["openvino"]
+    engine._scoring_request()
+    engine._scorer = counting = CountingRequest(engine._scorer)
+    ov = engine.logprobs(conversations, continuations)
     tf = engines["transformers"].logprobs(conversations, continuations)
     assert ov == pytest.approx(tf, abs=1e-3)
+    assert counting.passes == 4, "the second prompt's A and B share one pass"
+    engine._scorer = counting.request
     per_token = engines["openvino"].token_logprobs(conversations, continuations)
     assert [sum(row) for row in per_token] == pytest.approx(ov)
     assert all(value < 0 for row in per_token for value in row)
 
 
 def test_threads_limit_both_the_pipeline_and_the_scorer(engines, tiny_model_path):
-    engine = load_engine("openvino", tiny_model_path, threads=1, progress=False)
+    engine = load_engine("openvino", tiny_model_path, threads=1, inference_precision="f32", progress=False)
     assert engine.properties["INFERENCE_NUM_THREADS"] == 1
     conversations, continuations = chats(2), ["an answer", " The"]
     assert engine.logprobs(conversations, continuations) == pytest.approx(
@@ -166,10 +194,45 @@ def test_without_the_extra_the_message_names_it(tiny_model_path, monkeypatch):
 def test_bad_options_are_one_line(tiny_model_path):
     with pytest.raises(UsageError, match="precision must be one of fp32, fp16"):
         load_engine("openvino", tiny_model_path, precision="int4", progress=False)
-    with pytest.raises(UsageError, match="kv_cache_precision must be f32, f16 or u8"):
-        load_engine("openvino", tiny_model_path, kv_cache_precision="i8", progress=False)
+    with pytest.raises(UsageError, match="kv_cache_precision must be auto, f32, f16, u8 with inference_precision f32"):
+        load_engine("openvino", tiny_model_path, inference_precision="f32", kv_cache_precision="bf16", progress=False)
+    with pytest.raises(UsageError, match="inference_precision must be auto, f32 or bf16, got 'fp32'"):
+        load_engine("openvino", tiny_model_path, inference_precision="fp32", progress=False)
     with pytest.raises(UsageError, match="has no option 'dtype'"):
         load_engine("openvino", tiny_model_path, dtype="fp32")
+
+
+def test_precision_follows_the_cpu_and_the_kv_cache_follows_it(monkeypatch):
+    """bf16 with AMX, else f32 (avx512_bf16 alone too, where OpenVINO's own default is bf16, which takes no f32
+    KV cache); an explicit bf16 needs a native bf16 flag."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: "amx_bf16")
+    assert openvino.cpu_precisions("auto", "auto") == ("bf16", "bf16")
+    assert openvino.cpu_precisions("f32", "auto") == ("f32", "f32")
+    assert openvino.cpu_precisions("auto", "u8") == ("bf16", "u8")
+    with pytest.raises(UsageError, match="must be auto, bf16, f16, u8 with inference_precision bf16"):
+        openvino.cpu_precisions("auto", "f32")
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: "avx512_bf16")
+    assert openvino.cpu_precisions("auto", "auto") == ("f32", "f32")
+    assert openvino.cpu_precisions("bf16", "auto") == ("bf16", "bf16")
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: None)
+    assert openvino.cpu_precisions("auto", "auto") == ("f32", "f32")
+    with pytest.raises(UsageError, match=r"inference_precision=bf16 needs a CPU with avx512_bf16 or AMX \(this one: "):
+        openvino.cpu_precisions("bf16", "auto")
+
+
+def test_each_precision_this_cpu_has_loads_and_generates(tiny_model_path):
+    """Every option left alone, and bf16 where the CPU has a native bf16 flag, on whatever CPU runs the tests
+    (an f32 KV cache under OpenVINO's own bf16 default once failed to load on CPUs with avx512_bf16)."""
+    auto = "bf16" if precision.cpu_bf16_flag() == precision.FAST_BF16_FLAG else "f32"
+    for option, expected in [("auto", auto)] + ([("bf16", "bf16")] if precision.cpu_bf16_flag() else []):
+        engine = load_engine("openvino", tiny_model_path, inference_precision=option, progress=False)
+        assert engine.inference_precision == expected
+        assert engine.properties["KV_CACHE_PRECISION"] == expected
+        replies = engine.generate(chats(3), GenParams(max_new_tokens=6))
+        assert len(replies) == 3 and all(0 < c.tokens <= 6 for c in replies)
+        assert all(value < 0 for value in engine.logprobs(chats(2), ["an answer", " The"]))
+        engine.close()
 
 
 def test_auto_picks_openvino_on_a_cpu_and_says_so(tiny_model_path, monkeypatch, capsys):
@@ -185,6 +248,11 @@ def test_auto_picks_openvino_on_a_cpu_and_says_so(tiny_model_path, monkeypatch, 
     assert resolve_engine_name("auto") == "transformers"
 
 
+# Both engines in fp32 whatever the CPU: under `auto` a CPU with native bf16 runs both in bf16, whose kernels round
+# differently, so their greedy replies may part there.
+FP32 = {"openvino": ["--engine-option", "inference_precision=f32"], "transformers": ["--engine-option", "dtype=fp32"]}
+
+
 @pytest.mark.slow
 def test_cai_generate_on_the_default_model_writes_what_the_transformers_engine_writes(default_model_path, tmp_path):
     """The critique/revision pipeline, greedy in fp32: the same 16 rows, word for word, on both engines. On this
@@ -195,7 +263,7 @@ def test_cai_generate_on_the_default_model_writes_what_the_transformers_engine_w
         out = tmp_path / engine
         command = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", "harmless", "--engine", engine]
         result = subprocess.run(  # 64 new tokens, not 128: half the time, and the cut above still shows at 64
-            [*command, "--limit", "16", "--max-new-tokens", "64", "-o", str(out)],
+            [*command, *FP32[engine], "--limit", "16", "--max-new-tokens", "64", "-o", str(out)],
             capture_output=True, text=True, timeout=3600,
         )
         assert result.returncode == 0, result.stderr[-2000:]
@@ -225,7 +293,8 @@ def test_the_laptop_recipe_makes_the_same_contrast_pairs_on_both_engines(default
     for engine in ("transformers", "openvino"):
         out = tmp_path / engine
         command = [sys.executable, "-m", "cai_kit.cli", "generate", "-c", "harmless", "-p", "red_team",
-                   "--pairs", "contrast", "--limit", "6", "--max-new-tokens", "48", "--engine", engine, "-o", str(out)]
+                   "--pairs", "contrast", "--limit", "6", "--max-new-tokens", "48", "--engine", engine, *FP32[engine],
+                   "-o", str(out)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         assert result.returncode == 0, result.stderr[-2000:]
         rows = [json.loads(line) for line in (out / "prefs.jsonl").read_text().splitlines()]

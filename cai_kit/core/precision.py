@@ -1,9 +1,11 @@
 """Which float precision this machine computes fastest in: the one hardware check, for generation and training.
 
-bf16 only pays where the hardware has it natively: a CUDA GPU with bf16 (Ampere and later), or an x86 CPU
-with avx512_bf16 or AMX (amx_bf16). Elsewhere, on an AVX2-only CPU such as most laptops, PyTorch emulates
-bf16 matrix multiplies and they run far slower than fp32 (0.7 against 25.3 GFLOP/s, one thread, on a 2-core
-AMD EPYC with AVX2 only; docs: Recipes), so there the choice is fp32.
+bf16 only pays where the hardware multiplies bf16 matrices faster than fp32 ones: a CUDA GPU with bf16
+(Ampere and later), or an x86 CPU with AMX (amx_bf16). With avx512_bf16 alone the instructions exist but run
+bf16 matrix multiplies slower than fp32 (`benchmarks/matmul_precision.py`, 2-core Intel Xeon with avx512_bf16
+and no AMX: fp32 140 against bf16 76 GFLOP/s at one thread, 256 against 114 at two; autocast training steps
+and generation were slower too), and on an AVX2-only CPU, as on most laptops, PyTorch emulates bf16 and it runs
+far slower (0.7 against 25.3 GFLOP/s, one thread, on a 2-core AMD EPYC; docs: Recipes). There the choice is fp32.
 
 `torch.backends.cpu.get_cpu_capability()` (AVX2, AVX512, ...) is the kernel set PyTorch dispatches to; it goes
 into every reason so a log or model card says what the machine was.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # its flags of native bf16 matrix math, strongest first
+FAST_BF16_FLAG = "amx_bf16"  # the one where bf16 outruns fp32 (module docstring)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def cpu_summary() -> str:
 
 
 def hardware_precision() -> Precision:
-    """bf16 on a CUDA GPU that has it or on a CPU with native bf16, else fp32; with the reason."""
+    """bf16 on a CUDA GPU that has it or on a CPU with AMX, else fp32; with the reason."""
     import torch
 
     if torch.cuda.is_available():
@@ -73,8 +76,10 @@ def hardware_precision() -> Precision:
             return Precision(True, f"CUDA GPU: {name}")
         return Precision(False, f"CUDA GPU without bf16: {name}")
     flag = cpu_bf16_flag()
-    if flag:
+    if flag == FAST_BF16_FLAG:
         return Precision(True, f"CPU has {flag}: {cpu_capability()}")
+    if flag:
+        return Precision(False, f"CPU has {flag} but no AMX, where bf16 is slower: {cpu_capability()}")
     return Precision(False, f"CPU has no native bf16: {cpu_capability()}")
 
 

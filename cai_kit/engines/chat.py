@@ -33,3 +33,17 @@ def common_prefix_length(rows: list[list[int]]) -> int:
     for row in rows[1:]:
         length = next((k for k in range(length) if row[k] != first[k]), length)
     return length
+
+
+def scoring_leads(prompts: list[list[int]], full: list[list[int]]) -> list[int]:
+    """For each row to score, the row whose forward pass scores it: an earlier row with the same prompt when both
+    continuations are one token after the prompt unchanged (a judge's labels, a yes and a no), else itself.
+
+    A causal model's prediction after the prompt does not depend on what follows, so one pass gives the
+    log-prob of every such one-token continuation: a judge's two labels cost one pass instead of two."""
+    first: dict[tuple[int, ...], int] = {}
+    leads = []
+    for k, (prompt, ids) in enumerate(zip(prompts, full, strict=True)):
+        one_token = len(ids) == len(prompt) + 1 and ids[: len(prompt)] == prompt
+        leads.append(first.setdefault(tuple(prompt), k) if one_token else k)
+    return leads

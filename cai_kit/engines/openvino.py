@@ -12,6 +12,9 @@ Prompts are rendered and tokenized here with the model's own transformers tokeni
 template, a prefilled assistant reply), exactly as the transformers engine does, and given to the
 pipeline as token ids; replies are decoded the same way. Log-probs for the judge come from the same
 IR run directly by the OpenVINO runtime (GenAI scores only the tokens it generates), one row at a time.
+
+Precision follows the hardware as the transformers engine's dtype `auto` does: bf16 compute and KV cache on a
+CPU with AMX, f32 elsewhere; in f32 the greedy replies match the transformers engine's in fp32 word for word.
 """
 
 from __future__ import annotations
@@ -22,9 +25,45 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.engines.chat import common_prefix_length, encode_rendered, render_chat, stop_token_ids
+from cai_kit.engines.chat import (
+    common_prefix_length,
+    encode_rendered,
+    render_chat,
+    scoring_leads,
+    stop_token_ids,
+)
 
 CPU_KV_BLOCK = 32  # tokens per block of GenAI's paged KV cache on a CPU (16 on a GPU); Python cannot read it
+
+
+# The KV cache precisions OpenVINO's CPU paged attention takes with each inference precision (2026.4; others
+# fail at load with an internal check, e.g. an f32 cache with bf16 inference, OpenVINO's default on avx512_bf16).
+KV_CACHE_PRECISIONS = {"f32": ("f32", "f16", "u8"), "bf16": ("bf16", "f16", "u8")}
+
+
+def cpu_precisions(inference: str, kv_cache: str) -> tuple[str, str]:
+    """The (inference, KV cache) precisions to run: `auto` inference is bf16 where the transformers engine's
+    `auto` is (a CPU with AMX) and f32 elsewhere, on avx512_bf16 alone too, where OpenVINO's own default is
+    bf16 but f32 ran faster (docs: Benchmarks); `auto` KV cache follows it."""
+    from cai_kit.core.precision import FAST_BF16_FLAG, cpu_bf16_flag, cpu_capability
+
+    if inference not in ("auto", *KV_CACHE_PRECISIONS):
+        raise UsageError(f"engine 'openvino': inference_precision must be auto, f32 or bf16, got {inference!r}")
+    if inference == "auto":
+        inference = "bf16" if cpu_bf16_flag() == FAST_BF16_FLAG else "f32"
+    elif inference == "bf16" and not cpu_bf16_flag():
+        raise UsageError(
+            f"engine 'openvino': inference_precision=bf16 needs a CPU with avx512_bf16 or AMX "
+            f"(this one: {cpu_capability()}, no native bf16); use f32"
+        )
+    if kv_cache == "auto":
+        kv_cache = inference
+    if kv_cache not in KV_CACHE_PRECISIONS[inference]:
+        raise UsageError(
+            f"engine 'openvino': kv_cache_precision must be auto, {', '.join(KV_CACHE_PRECISIONS[inference])} "
+            f"with inference_precision {inference}, got {kv_cache!r}"
+        )
+    return inference, kv_cache
 
 
 class OpenVINOEngine:
@@ -32,7 +71,8 @@ class OpenVINOEngine:
         self,
         model: str,
         precision: str = "fp32",  # the IR's weights: fp32, or fp16 (half the disk; computed in fp32 on AVX2)
-        kv_cache_precision: str = "f32",  # f32, f16 or u8 (OpenVINO's CPU default is u8: smaller, not exact)
+        inference_precision: str = "auto",  # f32, bf16, or auto: bf16 on a CPU with AMX, else f32
+        kv_cache_precision: str = "auto",  # auto (the inference precision), f32, bf16, f16 or u8 (smaller, not exact)
         cache_size_gb: int = 2,  # the paged KV cache's size
         max_num_batched_tokens: int = 2048,  # tokens one scheduler step may run (prefill chunks included)
         enable_prefix_caching: bool = True,
@@ -44,10 +84,7 @@ class OpenVINOEngine:
         trust_remote_code: bool = False,
         progress: bool = True,
     ):
-        if kv_cache_precision not in ("f32", "f16", "u8"):
-            raise UsageError(
-                f"engine 'openvino': kv_cache_precision must be f32, f16 or u8, got {kv_cache_precision!r}"
-            )
+        self.inference_precision, kv_cache_precision = cpu_precisions(inference_precision, kv_cache_precision)
         import openvino_genai  # ImportError here becomes `pip install "cai-kit[openvino]"` in load_engine
         from transformers import AutoTokenizer
 
@@ -72,7 +109,11 @@ class OpenVINOEngine:
         scheduler.enable_prefix_caching = enable_prefix_caching
         scheduler.max_num_batched_tokens = max_num_batched_tokens
         scheduler.dynamic_split_fuse = True
-        self.properties: dict[str, Any] = {"KV_CACHE_PRECISION": kv_cache_precision, "NUM_STREAMS": num_streams}
+        self.properties: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.inference_precision,
+            "KV_CACHE_PRECISION": kv_cache_precision,
+            "NUM_STREAMS": num_streams,
+        }
         if threads:
             self.properties["INFERENCE_NUM_THREADS"] = threads
         self.pipeline = openvino_genai.ContinuousBatchingPipeline(
@@ -162,14 +203,20 @@ class OpenVINOEngine:
         return [sum(row) for row in self.token_logprobs(conversations, continuations)]
 
     def token_logprobs(self, conversations: list[Conversation], continuations: list[str]) -> list[list[float]]:
-        """Each continuation token's log-prob, from one full forward pass of the IR per row."""
+        """Each continuation token's log-prob, from one full forward pass of the IR per row; rows that differ
+        only in a one-token continuation (a judge's labels) share one pass (`scoring_leads`)."""
         import numpy as np
 
         scorer = self._scoring_request()
         prompts = self._encode([self.render(c) for c in conversations])
         full = self._encode([self.render(c) + cont for c, cont in zip(conversations, continuations)])
-        rows = []
-        for prompt, ids in zip(prompts, full):
+        leads = scoring_leads(prompts, full)
+        shared: dict[int, Any] = {lead: None for k, lead in enumerate(leads) if lead != k}  # -> log-probs after it
+        rows: list[list[float]] = []
+        for k, (prompt, ids) in enumerate(zip(prompts, full)):
+            if leads[k] != k:
+                rows.append([float(shared[leads[k]][ids[-1]])])
+                continue
             scorer.reset_state()
             length = len(ids)
             logits = scorer.infer(
@@ -182,14 +229,16 @@ class OpenVINOEngine:
             )["logits"][0, len(prompt) - 1 : length - 1].astype(np.float64)
             top = logits.max(axis=-1, keepdims=True)
             logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-            rows.append([float(logp[k, token]) for k, token in enumerate(ids[len(prompt) :])])
+            if k in shared:
+                shared[k] = logp[0]
+            rows.append([float(logp[j, token]) for j, token in enumerate(ids[len(prompt) :])])
         return rows
 
     def _scoring_request(self):
         if self._scorer is None:
             import openvino as ov
 
-            properties = {"INFERENCE_PRECISION_HINT": "f32"}
+            properties = {"INFERENCE_PRECISION_HINT": self.inference_precision}
             if "INFERENCE_NUM_THREADS" in self.properties:
                 properties["INFERENCE_NUM_THREADS"] = self.properties["INFERENCE_NUM_THREADS"]
             compiled = ov.Core().compile_model(str(self.folder / "openvino_model.xml"), "CPU", properties)

@@ -1,9 +1,9 @@
 """In-process generation with transformers: runs anywhere, the default engine.
 
 Batches are sorted by prompt length and left-padded so each `generate` call wastes little on
-padding; dtype `auto` is bf16 where the hardware has it natively (`core.precision`: a CUDA GPU, or a
-CPU with AMX / avx512_bf16), which measured ~1.75x faster than fp32 on a 2-core CPU with AMX at batch
-64 (docs: Benchmarks), and fp32 elsewhere.
+padding; dtype `auto` is bf16 where the hardware computes it faster than fp32 (`core.precision`: a CUDA
+GPU, or a CPU with AMX), which measured ~1.75x faster than fp32 on a 2-core CPU with AMX at batch 64
+(docs: Benchmarks), and fp32 elsewhere (avx512_bf16 alone included, where bf16 matmuls ran ~2x slower).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from cai_kit.core.precision import hardware_precision
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.engines.chat import common_prefix_length, encode_rendered, render_chat, stop_token_ids
+from cai_kit.engines.chat import common_prefix_length, encode_rendered, render_chat, scoring_leads, stop_token_ids
 
 
 def pick_dtype(dtype: str):
@@ -266,16 +266,23 @@ class TransformersEngine:
 
         Rows are left-padded so every continuation ends the row, and only the last positions' logits
         are computed (`logits_to_keep`): a full [batch, length, vocabulary] float tensor is ~4 GB at
-        batch 32 for a 49k vocabulary, which made the judge the memory peak of a whole recipe.
+        batch 32 for a 49k vocabulary, which made the judge the memory peak of a whole recipe. Rows that
+        differ only in a one-token continuation (a judge's labels) share one row of the batch (`scoring_leads`).
         """
         import torch
 
         prompts = self._encode([self.render(c) for c in conversations])
         full = self._encode([self.render(c) + cont for c, cont in zip(conversations, continuations)])
+        leads = scoring_leads(prompts, full)
+        own = [k for k, lead in enumerate(leads) if lead == k]
+        shared = {lead for k, lead in enumerate(leads) if lead != k}
+        out: dict[int, Any] = {}
+        after_prompt: dict[int, Any] = {}  # lead row -> log-probs of every token after its prompt
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(full), batch_size):
-            rows = full[start : start + batch_size]
-            lengths = [len(r) - len(p) for r, p in zip(rows, prompts[start : start + batch_size])]
+        for start in range(0, len(own), batch_size):
+            batch = own[start : start + batch_size]
+            rows = [full[k] for k in batch]
+            lengths = [len(full[k]) - len(prompts[k]) for k in batch]
             width, keep = max(len(r) for r in rows), max(lengths) + 1
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
@@ -285,8 +292,16 @@ class TransformersEngine:
                     input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
                 ).logits.float()
             # logits[:, j] predicts the token at width - keep + j + 1
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, width - keep + 1 :, None])[..., 0]
-            yield from (logp[k, keep - 1 - n : keep - 1] for k, n in enumerate(lengths))
+            every = torch.log_softmax(logits[:, :-1], dim=-1)
+            logp = every.gather(-1, ids[:, width - keep + 1 :, None])[..., 0]
+            for j, (k, n) in enumerate(zip(batch, lengths)):
+                out[k] = logp[j, keep - 1 - n : keep - 1]
+                if k in shared:
+                    after_prompt[k] = every[j, keep - 1 - n]
+        for k, lead in enumerate(leads):
+            if lead != k:
+                out[k] = after_prompt[lead][full[k][-1:]]
+        return [out[k] for k in range(len(full))]
 
     def close(self) -> None:
         self.model = None

@@ -29,8 +29,9 @@ def judge_yes_no(engine: Engine, question: str, prompts: list[str], answers: lis
         [{"role": "user", "content": render("judge_yes_no", prompt=p, answer=a, question=question)}]
         for p, a in zip(prompts, answers, strict=True)
     ]
-    yes = engine.logprobs(chats, [YES_NO[0]] * len(chats))
-    no = engine.logprobs(chats, [YES_NO[1]] * len(chats))
+    # One call, so an engine that scores both one-token replies from one pass over the prompt can do so.
+    scores = engine.logprobs(chats + chats, [YES_NO[0]] * len(chats) + [YES_NO[1]] * len(chats))
+    yes, no = scores[: len(chats)], scores[len(chats) :]
     return [sigmoid(y - n) for y, n in zip(yes, no, strict=True)]
 
 

@@ -83,7 +83,7 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
             precision.append(f"| {stage} | {chosen['compute']} | {chosen['reason']} | {chosen['weights']} |")
     if precision:
         lines += ["", "## Training precision", "",
-                  "Each stage's `trl.bf16` decides: true, false, or auto (bf16 where the hardware has it natively, "
+                  "Each stage's `trl.bf16` decides: true, false, or auto (bf16 on a GPU with bf16 or a CPU with AMX, "
                   "else fp32). bf16 is autocast: the weights keep their dtype, and this model is saved in it.", "",
                   "| stage | compute | why | weights |", "| --- | --- | --- | --- |", *precision]
     if eval_results:
