@@ -3,13 +3,15 @@ separate reference model. Prints a table and the ratios.
 
     python benchmarks/train_throughput.py                      # default model, 32 rows, a few minutes on 2 cores
     python benchmarks/train_throughput.py --rows 128 --model PATH
+    python benchmarks/train_throughput.py --variants sft-ours,dpo-ours --bf16 false   # then --bf16 true: the precision
 
 Every variant runs in its own subprocess on the same rows (prompts from data/train, answers of CAI
 length), one epoch, batch 8, LoRA r16 all-linear, and reports its training time and its own peak
 RSS. The variants:
 
 - sft-ours:       `cai_kit.training.train.fit` with the sft section of recipes/zephyr_cai.yaml (`bf16: auto`:
-                  bf16 autocast where the CPU has avx512_bf16/AMX, fp32 elsewhere; the header names the CPU)
+                  bf16 autocast where the CPU has AMX, fp32 elsewhere; `--bf16` sets it for every variant;
+                  the header names the CPU and the precision)
 - sft-trl:        `trl.SFTTrainer` with a default `SFTConfig` (gradient checkpointing on) and the same LoRA
                   config; only its precision is ours (TRL's default, bf16, crawls on an AVX2-only CPU)
 - dpo-ours:       `cai_kit.training.train.fit`, dpo section of recipes/zephyr_cai.yaml (reference = adapter off)
@@ -81,8 +83,8 @@ def count_tokens(model: str, folder: Path) -> dict[str, int]:
     return counts
 
 
-def _ours(stage: str, model: str, work: Path) -> float:
-    from cai_kit.training.recipe import load_recipe
+def _ours(stage: str, model: str, work: Path, bf16: str) -> tuple[float, str]:
+    from cai_kit.training.recipe import load_recipe, stage_precision
     from cai_kit.training.train import fit, prepare_data
 
     data = work / "data"
@@ -91,25 +93,27 @@ def _ours(stage: str, model: str, work: Path) -> float:
                  "sft.enabled=false" if stage == "dpo" else "dpo.enabled=false"]
     for section in ("sft", "dpo"):
         overrides += [f"{section}.trl.num_train_epochs=1", f"{section}.trl.eval_strategy='no'",
-                      f"{section}.trl.save_strategy='no'", f"{section}.trl.disable_tqdm=true"]
+                      f"{section}.trl.save_strategy='no'", f"{section}.trl.disable_tqdm=true",
+                      f"{section}.trl.bf16={bf16}"]
     recipe = load_recipe(REPO / "recipes" / "zephyr_cai.yaml", overrides)
     prepare_data(recipe, stage)
-    return float(fit(recipe, stage)["train"]["train_runtime"])
+    return float(fit(recipe, stage)["train"]["train_runtime"]), stage_precision(recipe, stage).name
 
 
-def _trl(stage: str, model: str, work: Path, separate_ref: bool) -> float:
+def _trl(stage: str, model: str, work: Path, separate_ref: bool, bf16: str) -> tuple[float, str]:
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    from cai_kit.core.precision import hardware_precision
+    from cai_kit.core.precision import training_precision
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     # TRL's own default is bf16 whatever the CPU; the same precision as ours keeps the comparison about the rest.
     common = {"output_dir": str(work / "run"), "num_train_epochs": 1, "save_strategy": "no", "report_to": "none",
-              "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(), "bf16": hardware_precision().bf16}
+              "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(),
+              "bf16": training_precision(_bool(bf16)).bf16}
     if stage == "sft":
         data = load_dataset("json", data_files=str(work / "data" / "sft.jsonl"), split="train")
         trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=data, peft_config=lora)
@@ -123,18 +127,23 @@ def _trl(stage: str, model: str, work: Path, separate_ref: bool) -> float:
             trainer = DPOTrainer(model=model, args=args, train_dataset=data)
     started = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, "bf16" if trainer.args.bf16 else "fp32"
 
 
-def run_variant(variant: str, model: str, work: Path) -> None:
+def _bool(bf16: str) -> bool | str:
+    return {"true": True, "false": False}.get(bf16, bf16)
+
+
+def run_variant(variant: str, model: str, work: Path, bf16: str) -> None:
     """Child process: train one variant, print its time and this process's peak RSS as one JSON line."""
     stage = variant.split("-")[0]
     if variant.endswith("ours"):
-        seconds = _ours(stage, model, work)
+        seconds, precision = _ours(stage, model, work, bf16)
     else:
-        seconds = _trl(stage, model, work, separate_ref=variant == "dpo-ref-copy")
+        seconds, precision = _trl(stage, model, work, separate_ref=variant == "dpo-ref-copy", bf16=bf16)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(json.dumps({"variant": variant, "train_s": round(seconds, 1), "peak_rss_mb": round(peak_mb)}), flush=True)
+    row = {"variant": variant, "train_s": round(seconds, 1), "peak_rss_mb": round(peak_mb), "precision": precision}
+    print(json.dumps(row), flush=True)
 
 
 def main() -> None:
@@ -142,26 +151,30 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="'default', 'tiny-random', a folder or a hub id")
     parser.add_argument("--rows", type=int, default=32, help="chats and preference pairs")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
+                        help="training precision of every variant (the recipe's trl.bf16)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cai_kit.core.models import resolve_model
-    from cai_kit.core.precision import cpu_summary
+    from cai_kit.core.precision import cpu_summary, training_precision
 
     model = resolve_model(args.model)
     if args.variant:
-        run_variant(args.variant, model, Path(args.work))
+        run_variant(args.variant, model, Path(args.work), args.bf16)
         return
     with tempfile.TemporaryDirectory(prefix="cai-train-bench-") as tmp:
         work = Path(tmp)
         make_data(work / "data", args.rows)
         tokens = count_tokens(model, work / "data")
         print(f"model {args.model}, {args.rows} rows, {tokens['sft']} SFT tokens, {tokens['dpo']} DPO tokens, "
-              f"{os.cpu_count()} CPUs ({cpu_summary()}), load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+              f"{os.cpu_count()} CPUs ({cpu_summary()}), precision {training_precision(_bool(args.bf16))}, "
+              f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         results = {}
         for variant in args.variants.split(","):
-            command = [sys.executable, __file__, "--variant", variant, "--model", model, "--work", str(work / variant)]
+            command = [sys.executable, __file__, "--variant", variant, "--model", model, "--work", str(work / variant),
+                       "--bf16", args.bf16]
             (work / variant).mkdir()
             (work / variant / "data").symlink_to(work / "data")
             done = subprocess.run(command, capture_output=True, text=True)
@@ -173,7 +186,7 @@ def main() -> None:
             result["tokens_s"] = round(tokens[variant.split("-")[0]] / result["train_s"])
             results[variant] = result
             print(f"{variant:<14} {result['train_s']:>8.1f} s {result['tokens_s']:>8} tokens/s "
-                  f"{result['peak_rss_mb']:>8} MB peak RSS", flush=True)
+                  f"{result['peak_rss_mb']:>8} MB peak RSS  {result['precision']}", flush=True)
     if {"sft-ours", "sft-trl"} <= results.keys():
         ratio = results["sft-ours"]["tokens_s"] / results["sft-trl"]["tokens_s"]
         print(f"SFT tokens/s, ours / plain SFTTrainer: {ratio:.2f}x")

@@ -9,6 +9,7 @@ The /proc/cpuinfo texts below are written here, in its format, with made-up flag
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,15 @@ def test_benchmark_header_names_the_cpu():
     assert header.startswith(f"cpu {torch.backends.cpu.get_cpu_capability()}, native bf16 "
                              f"{precision.cpu_bf16_flag() or 'no'}")
     assert "fp32 / bf16 = " in done.stdout
+
+
+def test_training_benchmark_trains_in_the_precision_asked(tmp_path):
+    """`benchmarks/train_throughput.py --bf16 false` (the fp32 side of a precision comparison) says so and trains."""
+    env = {**os.environ, "CAI_KIT_CACHE": os.environ.get("CAI_KIT_CACHE", str(tmp_path))}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model", "tiny-random",
+                           "--rows", "8", "--variants", "sft-ours", "--bf16", "false"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "precision fp32 (bf16: false in the recipe; " in done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("sft-ours"))
+    assert row.endswith("fp32") and " s " in row
