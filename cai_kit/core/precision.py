@@ -75,6 +75,11 @@ def hardware_precision() -> Precision:
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return Precision(True, f"CUDA GPU: {name}")
         return Precision(False, f"CUDA GPU without bf16: {name}")
+    return cpu_precision()
+
+
+def cpu_precision() -> Precision:
+    """bf16 on a CPU with AMX, else fp32 (avx512_bf16 alone included); with the reason. The CPU engines use it."""
     flag = cpu_bf16_flag()
     if flag == FAST_BF16_FLAG:
         return Precision(True, f"CPU has {flag}: {cpu_capability()}")

@@ -45,12 +45,12 @@ def cpu_precisions(inference: str, kv_cache: str) -> tuple[str, str]:
     """The (inference, KV cache) precisions to run: `auto` inference is bf16 where the transformers engine's
     `auto` is (a CPU with AMX) and f32 elsewhere, on avx512_bf16 alone too, where OpenVINO's own default is
     bf16 but f32 ran faster (docs: Benchmarks); `auto` KV cache follows it."""
-    from cai_kit.core.precision import FAST_BF16_FLAG, cpu_bf16_flag, cpu_capability
+    from cai_kit.core.precision import cpu_bf16_flag, cpu_capability, cpu_precision
 
     if inference not in ("auto", *KV_CACHE_PRECISIONS):
         raise UsageError(f"engine 'openvino': inference_precision must be auto, f32 or bf16, got {inference!r}")
     if inference == "auto":
-        inference = "bf16" if cpu_bf16_flag() == FAST_BF16_FLAG else "f32"
+        inference = "bf16" if cpu_precision().bf16 else "f32"
     elif inference == "bf16" and not cpu_bf16_flag():
         raise UsageError(
             f"engine 'openvino': inference_precision=bf16 needs a CPU with avx512_bf16 or AMX "
