@@ -16,11 +16,14 @@ With --openvino (needs `pip install -e ".[openvino]"`) it replays (b)'s conversa
 openvino engine (g), and without its shared-prefix prefill (g0, `warm_prefix=False`), and runs
 contrast mode (RLCD pairs) on the transformers engine (h) and replays it
 on openvino (i); each prints tokens/s, its ratio to the transformers engine on the same work, and the
-greedy agreement: the share of replies identical to the transformers engine's.
+greedy agreement: the share of replies identical to the transformers engine's. With --int8 as well it
+replays both on the openvino engine with int8 weights (g8, i8) and prints the mean log-prob per token that
+the fp32 and the int8 IR give (b)'s replies.
 
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 32
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py --prompts 8 --naive-prompts 1 --openai
     python benchmarks/generate_throughput.py --prompts 16 --naive-prompts 1 --no-ceiling --openvino
+    python benchmarks/generate_throughput.py --prompts 16 --naive-prompts 1 --no-ceiling --openvino --int8
     python benchmarks/generate_throughput.py --no-shared-prefix   # (b) with the prefix cache copied per row
     python benchmarks/generate_throughput.py --no-row-cache       # (b) without reusing critique KV in revisions
     python benchmarks/generate_throughput.py --no-early-exit      # (b) decoding with model.generate (rows never leave)
@@ -116,12 +119,35 @@ def openvino_runs(
         f"(g) pipeline, openvino engine {rate:8.1f} tokens/s   /b = {rate / tf_rate:.2f}  "
         f"/a = {rate / naive_rate:.1f}  /g0 = {rate / cold_rate:.2f}  greedy agreement {agree:.0%}  (target /b >= 2)"
     )
+    pipeline_rate = rate
     rate, agree = replay(ov, contrast.stages, contrast.params, contrast.replies)
     print(f"(h) contrast, transformers    {contrast_rate:8.1f} tokens/s")
     print(f"(i) contrast, openvino engine {rate:8.1f} tokens/s   /h = {rate / contrast_rate:.2f}  "
           f"greedy agreement {agree:.0%}")
+    if args.int8:
+        fp32_logp = reply_logprob(ov, recording)
+        ov.close()
+        ov = OpenVINOEngine(args.model, precision="int8", batch_size=args.batch_size, progress=False,
+                            threads=threads, **same)
+        rate, agree = replay(ov, recording.stages, recording.params, recording.replies)
+        print(f"(g8) pipeline, openvino, int8 weights {rate:8.1f} tokens/s   /b = {rate / tf_rate:.2f}  "
+              f"/g = {rate / pipeline_rate:.2f}  greedy agreement {agree:.0%}")
+        int8_rate, agree = replay(ov, contrast.stages, contrast.params, contrast.replies)
+        print(f"(i8) contrast, openvino, int8 weights {int8_rate:8.1f} tokens/s   "
+              f"/h = {int8_rate / contrast_rate:.2f}  greedy agreement {agree:.0%}")
+        int8_logp = reply_logprob(ov, recording)
+        print(f"log-prob per token of (b)'s replies: fp32 IR {fp32_logp:.4f}, int8 IR {int8_logp:.4f}")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"peak RSS {peak_gb:.2f} GB (whole process, both engines)")
+
+
+def reply_logprob(engine, recording: Recording) -> float:
+    """Mean log-prob per token that `engine` gives the transformers engine's replies in (b): how closely
+    another precision's model follows the fp32 one's text (those replies are the fp32 model's greedy picks)."""
+    conversations = [c for stage in recording.stages for c in stage]
+    replies = [r for stage in recording.replies for r in stage]
+    rows = engine.token_logprobs(conversations, replies)
+    return sum(sum(row) for row in rows) / sum(len(row) for row in rows)
 
 
 def serve(model: str, continuous_batching: bool, wait_s: float = 300) -> tuple[subprocess.Popen, str]:
@@ -166,6 +192,7 @@ def main() -> None:
     parser.add_argument("--openai", action="store_true", help="also time the openai engine on transformers serve")
     parser.add_argument("--vllm", action="store_true", help="also time the vllm engine (CUDA GPU)")
     parser.add_argument("--openvino", action="store_true", help="also time the openvino engine and contrast mode")
+    parser.add_argument("--int8", action="store_true", help="with --openvino: also its engine with int8 weights")
     parser.add_argument("--no-ceiling", action="store_true", help="skip (c), the raw batched model.generate")
     parser.add_argument(
         "--no-shared-prefix", action="store_true", help="copy the prefix cache into every row (the engine's old path)"

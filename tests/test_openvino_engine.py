@@ -66,6 +66,27 @@ def test_folder_hash_follows_the_content(tmp_path):
     assert openvino_export.folder_hash(tmp_path) != first
 
 
+def test_the_folder_hash_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    model, memo = tmp_path / "model", tmp_path / "cache" / "hashes.json"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    first = openvino_export.remembered_folder_hash(model, memo)
+    assert first == openvino_export.folder_hash(model) and memo.is_file()
+    hashed = []
+    real = openvino_export.folder_hash
+    monkeypatch.setattr(openvino_export, "folder_hash", lambda folder: hashed.append(folder) or real(folder))
+    assert openvino_export.remembered_folder_hash(model, memo) == first
+    assert hashed == [], "read back, not hashed again"
+    (model / "config.json").write_text('{"a": 1}')  # a new size
+    assert openvino_export.remembered_folder_hash(model, memo) == real(model) != first
+    (model / "extra.txt").write_text("x")  # a new file
+    assert openvino_export.remembered_folder_hash(model, memo) == real(model)
+    assert len(hashed) == 2
+    memo.write_text("not json")  # a damaged memo is ignored and rewritten
+    assert openvino_export.remembered_folder_hash(model, memo) == real(model)
+    assert json.loads(memo.read_text())[str(model.resolve())]["sha256"] == real(model)
+
+
 def test_greedy_replies_match_the_transformers_engine(engines):
     params = GenParams(max_new_tokens=12)
     ov = engines["openvino"].generate(chats(5), params)
@@ -133,14 +154,17 @@ def test_seeded_sampling_repeats_and_the_seed_matters(engines):
 
 
 class CountingRequest:
-    """The scorer's infer request, counting its forward passes."""
+    """The scorer's infer request, counting its forward passes and keeping the positions each computed
+    logits for, against the tokens it was given."""
 
     def __init__(self, request):
-        self.request, self.passes = request, 0
+        self.request, self.passes, self.positions = request, 0, []
 
     def infer(self, inputs):
         self.passes += 1
-        return self.request.infer(inputs)
+        outputs = self.request.infer(inputs)
+        self.positions.append((outputs["logits"].shape[1], inputs["input_ids"].shape[1]))
+        return outputs
 
     def reset_state(self):
         self.request.reset_state()
@@ -156,10 +180,60 @@ def test_logprobs_match_the_transformers_engine(engines):
     tf = engines["transformers"].logprobs(conversations, continuations)
     assert ov == pytest.approx(tf, abs=1e-3)
     assert counting.passes == 4, "the second prompt's A and B share one pass"
+    # The head runs from the last prompt token on only: a one-token continuation ("A"; "B") needs 2 positions.
+    assert counting.positions[1][0] == counting.positions[3][0] == 2
+    assert all(logits < tokens for logits, tokens in counting.positions)
     engine._scorer = counting.request
     per_token = engines["openvino"].token_logprobs(conversations, continuations)
     assert [sum(row) for row in per_token] == pytest.approx(ov)
     assert all(value < 0 for row in per_token for value in row)
+
+
+def test_int8_weights_keep_each_output_channel_to_half_a_step():
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    rows = rng.normal(size=(5, 64)).astype(np.float32)  # [out, in], as torch's Linear (transpose_b)
+    rows[2] = 0.0
+    cols = rng.normal(size=(64, 4)).astype(np.float32) * np.array([1, 100, 0.01, 1], dtype=np.float32)  # [in, out]
+    source = ops.parameter([3, 64], ov.Type.f32)
+    model = ov.Model([ops.matmul(source, ops.constant(rows), False, True),
+                      ops.matmul(source, ops.constant(cols), False, False)], [source])
+    assert openvino_export.compress_weights(model) == 2
+    weights = [op for op in model.get_ops()
+               if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    assert sorted(tuple(op.get_output_shape(0)) for op in weights) == [(5, 64), (64, 4)]
+    # Weights only: the CPU's on-the-fly int8 activations (dynamic quantization) off for this check.
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                       "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+    out_rows, out_cols = (compiled(x)[k] for k in range(2))
+    for got, exact, step in [(out_rows, x @ rows.T, np.abs(rows).max(axis=1) / 127),
+                             (out_cols, x @ cols, np.abs(cols).max(axis=0) / 127)]:
+        bound = np.abs(x).sum(axis=1, keepdims=True) * step / 2 + 1e-4 * np.abs(exact) + 1e-5
+        assert np.all(np.abs(got - exact) <= bound)  # per channel: the 0.01-scaled column keeps its precision
+    assert np.all(out_rows[:, 2] == 0)
+
+
+def test_an_int8_engine_loads_generates_and_scores_near_fp32(engines, tiny_model_path):
+    import openvino as ov
+
+    engine = load_engine("openvino", tiny_model_path, precision="int8", inference_precision="f32", progress=False)
+    assert engine.folder.name.endswith("-int8")
+    model = ov.Core().read_model(str(engine.folder / "openvino_model.xml"))
+    weights = [op.input_value(1).get_node() for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    assert not [w for w in weights if w.get_type_name() == "Constant"], "every weight matrix is int8"
+    int8 = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    assert len(int8) == sum(w.get_type_name() == "Multiply" for w in weights) > 0
+    replies = engine.generate(chats(3), GenParams(max_new_tokens=6))
+    assert [0 < reply.tokens <= 6 for reply in replies] == [True] * 3
+    conversations, continuations = chats(3), ["an answer", "A", " The"]
+    int8 = engine.logprobs(conversations, continuations)
+    fp32 = engines["openvino"].logprobs(conversations, continuations)
+    assert int8 != fp32
+    assert int8 == pytest.approx(fp32, abs=0.05)
 
 
 def test_threads_limit_both_the_pipeline_and_the_scorer(engines, tiny_model_path):
@@ -182,7 +256,8 @@ def test_a_failed_export_is_one_line_and_leaves_no_folder(tiny_model_path, tmp_p
     monkeypatch.setattr(openvino_export, "export", broken)
     with pytest.raises(UsageError, match=r"could not export .* \(Model wasn't fully converted\); use --engine transf"):
         openvino_export.ensure_exported(tiny_model_path)
-    assert not list((tmp_path / "openvino").iterdir())
+    # Only the remembered folder hash (a whole file, rewritten by rename), no export folder, not even a temporary one.
+    assert [p.name for p in (tmp_path / "openvino").iterdir()] == ["hashes.json"]
 
 
 def test_without_the_extra_the_message_names_it(tiny_model_path, monkeypatch):

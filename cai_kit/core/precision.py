@@ -98,7 +98,8 @@ def training_precision(bf16: object = "auto", fp16: bool = False) -> Precision:
         raise ValueError(f"expected true, false or auto (got {bf16!r})")
     hardware = hardware_precision()
     if isinstance(bf16, bool):
-        slow = "; bf16 is slow here" if bf16 and not hardware.bf16 else ""
+        # A CPU with avx512_bf16 alone: the hardware's reason already says bf16 is slower there.
+        slow = "; bf16 is slow here" if bf16 and not hardware.bf16 and not cpu_bf16_flag() else ""
         return Precision(bf16, f"bf16: {str(bf16).lower()} in the recipe; {hardware.reason}{slow}", fp16 and not bf16)
     if fp16:
         return Precision(False, f"fp16: true in the recipe; {hardware.reason}", fp16=True)

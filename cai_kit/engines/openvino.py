@@ -11,7 +11,8 @@ request for one token), then the batch, which finds it cached: the critique stag
 Prompts are rendered and tokenized here with the model's own transformers tokenizer (the chat
 template, a prefilled assistant reply), exactly as the transformers engine does, and given to the
 pipeline as token ids; replies are decoded the same way. Log-probs for the judge come from the same
-IR run directly by the OpenVINO runtime (GenAI scores only the tokens it generates), one row at a time.
+IR run directly by the OpenVINO runtime (GenAI scores only the tokens it generates), one row at a time,
+with the output head cut to the continuation's positions (`scoring_model`).
 
 Precision follows the hardware as the transformers engine's dtype `auto` does: bf16 compute and KV cache on a
 CPU with AMX, f32 elsewhere; in f32 the greedy replies match the transformers engine's in fp32 word for word.
@@ -66,11 +67,37 @@ def cpu_precisions(inference: str, kv_cache: str) -> tuple[str, str]:
     return inference, kv_cache
 
 
+SCORED_FROM = "scored_from"  # the scorer's extra input: the first position whose logits it computes
+
+
+def scoring_model(model):
+    """The decoder with the output head applied only from position `scored_from` on: the judge needs the
+    logits of a continuation's few tokens, not of the whole prompt's (the head, hidden x vocabulary, was about
+    a fifth of a pass over a judge prompt). Expects the logits to be a MatMul of the hidden states, as the
+    exporter writes them; any other graph is refused, not guessed at."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    head = model.output("logits").get_node().input_value(0).get_node()
+    if head.get_type_name() != "MatMul":
+        raise UsageError(f"engine 'openvino': the IR's logits come from a {head.get_type_name()}, not the output "
+                         "head's MatMul; delete the cached export to make it again")
+    start = ops.parameter([1], ov.Type.i64, name=SCORED_FROM)
+    start.output(0).get_tensor().set_names({SCORED_FROM})
+    hidden = head.input_value(0)
+    kept = ops.slice(hidden, start, ops.constant(np.array([np.iinfo(np.int64).max])), ops.constant(np.array([1])),
+                     ops.constant(np.array([1])))
+    head.input(0).replace_source_output(kept.output(0))
+    model.add_parameters([start])
+    return model
+
+
 class OpenVINOEngine:
     def __init__(
         self,
         model: str,
-        precision: str = "fp32",  # the IR's weights: fp32, or fp16 (half the disk; computed in fp32 on AVX2)
+        precision: str = "fp32",  # the IR's weights: fp32, fp16 (half the disk), or int8 (faster with VNNI, not exact)
         inference_precision: str = "auto",  # f32, bf16, or auto: bf16 on a CPU with AMX, else f32
         kv_cache_precision: str = "auto",  # auto (the inference precision), f32, bf16, f16 or u8 (smaller, not exact)
         cache_size_gb: int = 2,  # the paged KV cache's size
@@ -225,8 +252,9 @@ class OpenVINOEngine:
                     "attention_mask": np.ones((1, length), dtype=np.int64),
                     "position_ids": np.arange(length, dtype=np.int64)[None],
                     "beam_idx": np.zeros(1, dtype=np.int32),
+                    SCORED_FROM: np.array([len(prompt) - 1], dtype=np.int64),
                 }
-            )["logits"][0, len(prompt) - 1 : length - 1].astype(np.float64)
+            )["logits"][0, :-1].astype(np.float64)
             top = logits.max(axis=-1, keepdims=True)
             logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
             if k in shared:
@@ -241,7 +269,9 @@ class OpenVINOEngine:
             properties = {"INFERENCE_PRECISION_HINT": self.inference_precision}
             if "INFERENCE_NUM_THREADS" in self.properties:
                 properties["INFERENCE_NUM_THREADS"] = self.properties["INFERENCE_NUM_THREADS"]
-            compiled = ov.Core().compile_model(str(self.folder / "openvino_model.xml"), "CPU", properties)
+            core = ov.Core()
+            compiled = core.compile_model(scoring_model(core.read_model(self.folder / "openvino_model.xml")), "CPU",
+                                          properties)
             self._scorer = compiled.create_infer_request()
         return self._scorer
 

@@ -9,14 +9,16 @@ OpenVINO's ScaledDotProductAttention, which GenAI turns into paged attention for
 each cache input gets a Gather by `beam_idx`, and OpenVINO's make-stateful pass turns each (past, present)
 pair into a state. `openvino_tokenizers.convert_tokenizer` writes the tokenizers, with the chat template.
 
-The folder goes under `CAI_KIT_CACHE/openvino/`, keyed by a hash of the model folder's files and the
-weights' precision, and is written to a temporary folder first and renamed into place, so a second run
-(or a concurrent one) finds it whole or not at all.
+The folder goes under `CAI_KIT_CACHE/openvino/`, keyed by a hash of the model folder's files (remembered in
+`hashes.json` while the files' sizes and modification times stay the same) and the weights' precision,
+and is written to a temporary folder first and renamed into place, so a second run (or a concurrent one)
+finds it whole or not at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -26,7 +28,10 @@ from pathlib import Path
 
 from cai_kit.core.errors import UsageError
 
-PRECISIONS = ("fp32", "fp16")  # the weights as stored in the IR; both run in fp32 on an AVX2 CPU
+# The weights as stored in the IR: fp32; fp16 (computed in fp32 on a CPU without native half precision); int8,
+# each matrix multiply's weights per output channel (`compress_weights`), which the CPU plugin multiplies in
+# int8 (activations quantized on the fly, per group of 32) where the CPU has VNNI.
+PRECISIONS = ("fp32", "fp16", "int8")
 CONFIG_FILES = (
     "config.json",
     "generation_config.json",
@@ -49,10 +54,38 @@ def folder_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def remembered_folder_hash(folder: Path, memo: Path) -> str:
+    """`folder_hash`, read back from `memo` while every file's path, size and modification time are as they
+    were when it was computed: a 7B model's 14 GB are hashed once, not on every load."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stats = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = str(folder.resolve())
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("files") == stats and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = folder_hash(folder)
+    known[key] = {"files": stats, "sha256": digest}
+    try:  # a memo that cannot be written costs the next load a hash, nothing else
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=memo.parent, prefix=".hashes-", delete=False) as handle:
+            json.dump(known, handle)
+        os.replace(handle.name, memo)
+    except OSError:
+        pass
+    return digest
+
+
 def exported_folder(source: Path, precision: str) -> Path:
     from cai_kit.core.models import cache_dir
 
-    return cache_dir() / "openvino" / f"{source.name}-{folder_hash(source)[:16]}-{precision}"
+    root = cache_dir() / "openvino"
+    return root / f"{source.name}-{remembered_folder_hash(source, root / 'hashes.json')[:16]}-{precision}"
 
 
 def ensure_exported(source: str | Path, precision: str = "fp32") -> Path:
@@ -88,11 +121,45 @@ def export(source: Path, target: Path, precision: str) -> None:
     import openvino as ov
 
     decoder = convert_decoder(source)
+    if precision == "int8":
+        compress_weights(decoder)
     ov.save_model(decoder, target / "openvino_model.xml", compress_to_fp16=precision == "fp16")
     write_tokenizers(source, target)
     for name in CONFIG_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, target / name)
+
+
+def compress_weights(model) -> int:
+    """Replace each matrix multiply's 2-D f32 weight constant by int8 values and a per-output-channel scale
+    (symmetric: w ~ scale * q, q in [-127, 127]), the Convert-Multiply pattern the CPU plugin fuses into an
+    int8-weight FullyConnected; embeddings (a Gather) stay f32. Returns how many were compressed."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    compressed = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        weight = op.input_value(1).get_node()
+        if weight.get_type_name() != "Constant" or weight.get_element_type() != ov.Type.f32:
+            continue
+        values = weight.get_data()
+        if values.ndim != 2:
+            continue
+        # transpose_b: the weight is [out, in] (torch's Linear) and a channel is a row; else a column.
+        axis = 1 if op.get_attributes()["transpose_b"] else 0
+        scale = np.abs(values).max(axis=axis, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        quantized = np.clip(np.rint(values / scale), -127, 127).astype(np.int8)
+        restored = ops.multiply(
+            ops.convert(ops.constant(quantized), ov.Type.f32),
+            ops.constant(scale.astype(np.float32)),
+        )
+        op.input(1).replace_source_output(restored.output(0))
+        compressed += 1
+    return compressed
 
 
 def convert_decoder(source: Path):
