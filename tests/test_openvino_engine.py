@@ -86,6 +86,14 @@ def test_the_folder_hash_is_remembered_until_a_file_changes(tmp_path, monkeypatc
     assert openvino_export.remembered_folder_hash(model, memo) == real(model)
     assert json.loads(memo.read_text())[str(model.resolve())]["sha256"] == real(model)
 
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    (model / "more.txt").write_text("y")
+    monkeypatch.setattr(openvino_export.json, "dump", full_disk)
+    assert openvino_export.remembered_folder_hash(model, memo) == real(model), "the hash, memo or not"
+    assert [p.name for p in memo.parent.iterdir()] == ["hashes.json"], "no half-written memo left"
+
 
 def test_greedy_replies_match_the_transformers_engine(engines):
     params = GenParams(max_new_tokens=12)

@@ -71,13 +71,15 @@ def remembered_folder_hash(folder: Path, memo: Path) -> str:
         return entry["sha256"]
     digest = folder_hash(folder)
     known[key] = {"files": stats, "sha256": digest}
-    try:  # a memo that cannot be written costs the next load a hash, nothing else
+    try:  # a memo that cannot be written (a full disk) costs the next load a hash, nothing else
         memo.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=memo.parent, prefix=".hashes-", delete=False) as handle:
+            staged = Path(handle.name)
             json.dump(known, handle)
-        os.replace(handle.name, memo)
+        os.replace(staged, memo)
     except OSError:
-        pass
+        for leftover in memo.parent.glob(".hashes-*"):
+            leftover.unlink(missing_ok=True)
     return digest
 
 
