@@ -58,6 +58,39 @@ def test_a_second_load_uses_the_cache(engines, tiny_model_path, monkeypatch):
     again.close()
 
 
+OVERLAP_SCRIPT = """
+import sys, threading
+import openvino_genai
+from cai_kit.engines import openvino
+
+compiling, seen = threading.Event(), {}
+real_pipeline, real_load = openvino_genai.ContinuousBatchingPipeline, openvino.load_tokenizer
+
+def pipeline(*args):
+    seen["torch"] = "torch" in sys.modules
+    compiling.set()
+    return real_pipeline(*args)
+
+def load_tokenizer(*args):
+    assert compiling.wait(30), "the compile had not started when the tokenizer began to load"
+    return real_load(*args)
+
+openvino_genai.ContinuousBatchingPipeline, openvino.load_tokenizer = pipeline, load_tokenizer
+engine = openvino.OpenVINOEngine(sys.argv[1], progress=False)
+reply = engine.generate([[{"role": "user", "content": "Hi"}]], openvino.GenParams(max_new_tokens=4))[0]
+print("torch imported before the compile:", seen["torch"], "| reply:", reply.tokens)
+"""
+
+
+def test_the_pipeline_compiles_while_the_tokenizer_loads_and_before_torch_is_imported(engines, tiny_model_path):
+    """A fresh process (the IR is cached by the fixture): the compile starts before the tokenizer's load, which
+    waits for it, so a serial load would stop at that wait; torch (~2 s to import) is not imported before it."""
+    done = subprocess.run([sys.executable, "-c", OVERLAP_SCRIPT, tiny_model_path], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch imported before the compile: False | reply: " in done.stdout
+
+
 def test_folder_hash_follows_the_content(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     first = openvino_export.folder_hash(tmp_path)
@@ -384,3 +417,16 @@ def test_the_laptop_recipe_makes_the_same_contrast_pairs_on_both_engines(default
         texts[engine] = {row["id"]: (row["chosen"], row["rejected"]) for row in rows}
     assert len(texts["transformers"]) == 6
     assert texts["openvino"] == texts["transformers"]
+
+
+def test_the_load_benchmark_times_both_variants_in_fresh_processes(engines, tiny_model_path):
+    """`benchmarks/openvino_load.py` on the tiny model (IR cached by the fixture): one run of each variant."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "openvino_load.py"
+    done = subprocess.run([sys.executable, str(script), "--model", tiny_model_path, "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "-fp32, cpu " in lines[0]
+    for label, line in zip(("(s) serial", "(e) engine"), lines[1:3]):
+        assert line.startswith(label) and float(line.split()[3]) > 0
+    assert lines[3].startswith("s/e = ")

@@ -78,10 +78,15 @@ def hardware_precision() -> Precision:
     return cpu_precision()
 
 
+def cpu_prefers_bf16() -> bool:
+    """True on a CPU with AMX, the one kind where bf16 beat fp32 (reads /proc/cpuinfo only: no torch import)."""
+    return cpu_bf16_flag() == FAST_BF16_FLAG
+
+
 def cpu_precision() -> Precision:
     """bf16 on a CPU with AMX, else fp32 (avx512_bf16 alone included); with the reason. The CPU engines use it."""
     flag = cpu_bf16_flag()
-    if flag == FAST_BF16_FLAG:
+    if cpu_prefers_bf16():
         return Precision(True, f"CPU has {flag}: {cpu_capability()}")
     if flag:
         return Precision(False, f"CPU has {flag} but no AMX, where bf16 is slower: {cpu_capability()}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cai_kit.core.errors import UsageError
@@ -46,12 +47,12 @@ def cpu_precisions(inference: str, kv_cache: str) -> tuple[str, str]:
     """The (inference, KV cache) precisions to run: `auto` inference is bf16 where the transformers engine's
     `auto` is (a CPU with AMX) and f32 elsewhere, on avx512_bf16 alone too, where OpenVINO's own default is
     bf16 but f32 ran faster (docs: Benchmarks); `auto` KV cache follows it."""
-    from cai_kit.core.precision import cpu_bf16_flag, cpu_capability, cpu_precision
+    from cai_kit.core.precision import cpu_bf16_flag, cpu_capability, cpu_prefers_bf16
 
     if inference not in ("auto", *KV_CACHE_PRECISIONS):
         raise UsageError(f"engine 'openvino': inference_precision must be auto, f32 or bf16, got {inference!r}")
     if inference == "auto":
-        inference = "bf16" if cpu_precision().bf16 else "f32"
+        inference = "bf16" if cpu_prefers_bf16() else "f32"
     elif inference == "bf16" and not cpu_bf16_flag():
         raise UsageError(
             f"engine 'openvino': inference_precision=bf16 needs a CPU with avx512_bf16 or AMX "
@@ -93,6 +94,23 @@ def scoring_model(model):
     return model
 
 
+def load_tokenizer(source: Any, model: str, chat_template: str | None) -> Any:
+    """The model's transformers tokenizer, with `chat_template` (a file or a model) in place of its own."""
+    from transformers import AutoTokenizer
+
+    from cai_kit.core.models import load_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if chat_template:
+        tokenizer.chat_template = load_chat_template(chat_template)
+    if not tokenizer.chat_template:
+        raise UsageError(
+            f"model {model!r} has no chat template (a base model?); give it one with --engine-option "
+            "chat_template=FILE.jinja"
+        )
+    return tokenizer
+
+
 class OpenVINOEngine:
     def __init__(
         self,
@@ -113,9 +131,8 @@ class OpenVINOEngine:
     ):
         self.inference_precision, kv_cache_precision = cpu_precisions(inference_precision, kv_cache_precision)
         import openvino_genai  # ImportError here becomes `pip install "cai-kit[openvino]"` in load_engine
-        from transformers import AutoTokenizer
 
-        from cai_kit.core.models import load_chat_template, resolve_model
+        from cai_kit.core.models import resolve_model
         from cai_kit.engines.openvino_export import ensure_exported
 
         if trust_remote_code:
@@ -123,14 +140,6 @@ class OpenVINOEngine:
         source = resolve_model(model)
         self.folder = ensure_exported(source, precision)
         started = time.perf_counter()
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
-        if chat_template:
-            self.tokenizer.chat_template = load_chat_template(chat_template)
-        if not self.tokenizer.chat_template:
-            raise UsageError(
-                f"model {model!r} has no chat template (a base model?); give it one with --engine-option "
-                "chat_template=FILE.jinja"
-            )
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.cache_size = cache_size_gb
         scheduler.enable_prefix_caching = enable_prefix_caching
@@ -143,9 +152,14 @@ class OpenVINOEngine:
         }
         if threads:
             self.properties["INFERENCE_NUM_THREADS"] = threads
-        self.pipeline = openvino_genai.ContinuousBatchingPipeline(
-            str(self.folder), scheduler, "CPU", self.properties
-        )
+        # The compile (~2 s of CPU for the default model) releases the GIL: it runs beside the tokenizer's load
+        # and transformers' imports (~1-3 s in a fresh process) instead of after them.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            compiling = pool.submit(
+                openvino_genai.ContinuousBatchingPipeline, str(self.folder), scheduler, "CPU", self.properties
+            )
+            self.tokenizer: Any = load_tokenizer(source, model, chat_template)
+            self.pipeline = compiling.result()
         self._genai = openvino_genai
         self._scorer: Any = None  # the IR compiled for log-probs, on first use
         self.load_seconds = time.perf_counter() - started
