@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     from cai_kit.core.models import resolve_model
     from cai_kit.core.precision import cpu_summary
     from cai_kit.engines.openvino_export import ensure_exported
