@@ -167,3 +167,26 @@ def test_the_checker_catches_bad_commands():
     assert _segments("pip install -e . && OMP_NUM_THREADS=1 cai generate -c h.yaml > out.txt") == [
         ["cai", "generate", "-c", "h.yaml"]
     ]
+
+
+def _commands(group: click.Group, path: str = "cai"):
+    for name, command in group.commands.items():
+        yield f"{path} {name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{path} {name}")
+
+
+def test_no_option_says_its_default_twice():
+    """The group turns `show_default` on, so a help text that writes its own "[default: ...]" as well as a
+    `default=` shows both (`cai eval --help` printed the suites' default twice)."""
+    doubled = []
+    count = 0
+    for path, command in _commands(main):
+        ctx = click.Context(command, info_name=path, show_default=True)
+        for param in command.params:
+            record = param.get_help_record(ctx)
+            count += record is not None
+            if record and record[1].count("[default:") > 1:
+                doubled.append(f"{path} {record[0]}: {record[1]}")
+    assert count > 80, f"found only {count} options: is the walk broken?"
+    assert not doubled, "\n".join(doubled)

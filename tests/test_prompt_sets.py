@@ -23,6 +23,7 @@ MIN_ROWS = {
     "helpful": 220,
     "borderline": 180,
     "eval/harmful": 150,
+    "eval/harmful_test": 170,
     "eval/over_refusal": 160,
     "eval/helpful": 90,
     "everyday": 240,
@@ -30,19 +31,12 @@ MIN_ROWS = {
     "eval/everyday_test": 160,
 }
 MIN_PER_CATEGORY = {"helpful": 15, "eval/helpful": 6, "eval/over_refusal": 12}
-HARMFUL_SETS = ["red_team", "eval/harmful"]  # written by another engineer, in parallel with this file
+HARMFUL_SETS = ["red_team", "eval/harmful", "eval/harmful_test"]
 ROWS = [
     {"id": "a-1", "prompt": "How do I boil rice?", "category": "howto"},
     {"id": "a-2", "prompt": "Name three rivers in Europe.", "category": "facts"},
     {"id": "a-3", "prompt": "Write a haiku about snow, please.", "category": "writing"},
 ]
-
-
-def _shipped_or_skip(name: str) -> Path:
-    path = REPO / SHIPPED[name]
-    if not path.is_file() and name in HARMFUL_SETS:
-        pytest.skip(f"{SHIPPED[name]} is not written yet (the harmful sets are made in parallel with this test)")
-    return path
 
 
 def _raw_rows(path: Path) -> list[dict]:
@@ -63,7 +57,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_set_loads_with_its_minimum_and_unique_ids(name):
-    path = _shipped_or_skip(name)
+    path = REPO / SHIPPED[name]
     raw = _raw_rows(path)
     ids = [r["id"] for r in raw]
     assert len(ids) == len(set(ids)), f"{SHIPPED[name]}: repeated ids {[i for i, n in Counter(ids).items() if n > 1]}"
@@ -87,14 +81,13 @@ def test_helpful_train_and_eval_share_categories():
 
 @pytest.mark.parametrize("name", HARMFUL_SETS)
 def test_harmful_sets_have_at_least_ten_categories(name):
-    _shipped_or_skip(name)
     categories = {r.category for r in load_prompts(name)}
     assert len(categories) >= 10, sorted(categories)
 
 
 def test_no_eval_prompt_appears_in_a_training_set():
     """Required: an eval prompt that leaks into training measures memory, not alignment."""
-    present = [name for name in SHIPPED if (REPO / SHIPPED[name]).is_file()]
+    present = list(SHIPPED)
     train = {
         _normalise(r.prompt): name for name in present if not name.startswith("eval/") for r in load_prompts(name)
     }
@@ -132,7 +125,7 @@ def test_borderline_training_set_is_balanced_and_no_near_copy_of_over_refusal_ev
 
 EVERYDAY_EVAL = ["eval/everyday_dev", "eval/everyday_test"]
 EVERYDAY_PREFIX = {"everyday": "ev-", "eval/everyday_dev": "ed-", "eval/everyday_test": "et-"}
-OTHER_EVAL = ["eval/harmful", "eval/over_refusal", "eval/helpful"]
+OTHER_EVAL = ["eval/harmful", "eval/harmful_test", "eval/over_refusal", "eval/helpful"]
 NEAR = 0.6  # difflib ratio from which two prompts count as the same scenario reworded
 
 
@@ -218,6 +211,27 @@ def test_everyday_training_prompts_are_no_near_copy_of_any_eval_prompt():
     """The training set is for recipe experiments: it must not leak into the over-refusal or helpful suites."""
     eval_prompts = [r.prompt for name in OTHER_EVAL for r in load_prompts(name)]
     assert not _near_copies([r.prompt for r in load_prompts("everyday")], eval_prompts)
+
+
+
+# The fresh harmful set: written after every recipe choice, so the harm figure it gives was never tuned to.
+
+
+def test_harmful_test_set_mirrors_the_harmful_suite_per_category():
+    raw = _raw_rows(REPO / SHIPPED["eval/harmful_test"])
+    assert all(list(r) == ["id", "prompt", "category"] for r in raw)
+    assert [r["id"] for r in raw] == [f"ht-{k:04d}" for k in range(1, len(raw) + 1)]
+    harmful = Counter(r.category for r in load_prompts("eval/harmful"))
+    assert Counter(r["category"] for r in raw) == harmful, harmful
+
+
+def test_no_harmful_test_prompt_is_a_near_copy_of_any_other_prompt():
+    """Required: rewording a prompt a model trained on, or one the recipes were chosen on, would bring the
+    tuning back into the figure."""
+    fresh = [r.prompt for r in load_prompts("eval/harmful_test")]
+    others = [r.prompt for name in SHIPPED if name != "eval/harmful_test" for r in load_prompts(name)]
+    assert not _near_copies(fresh, others)
+    assert [(a, b) for a, b, _ in _near_copies(fresh, fresh) if a != b] == []
 
 
 # Local files in every format give the same rows.

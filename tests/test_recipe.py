@@ -71,6 +71,20 @@ def test_laptop_recipe_pairs_everyday_requests_against_refusals():
     assert constitution.principles and all(is_helping(p) for p in constitution.principles)
 
 
+
+def test_laptop_recipe_keeps_full_refusals_weights_them_and_runs_two_rounds():
+    """Issue 23: the one configuration that moved discrimination off the "one refusal rate" line and met the
+    everyday target (docs: Results, Levers): the red-team run keeps a pair only where its chosen answer fully
+    refuses (`partial`), those pairs count three times, and a second round regenerates with round 1's model."""
+    from cai_kit.generation.options import DEFAULT_FILTERS, FILTERS
+
+    recipe = load_recipe(REPO / "recipes" / "zephyr_cai.yaml")
+    red_team, *others = recipe.generate
+    assert red_team.prompts == ["red_team"] and red_team.weight == 3
+    assert red_team.filters == FILTERS and "partial" not in DEFAULT_FILTERS  # every filter, `partial` included
+    assert all(run.filters == DEFAULT_FILTERS and run.weight == 1 for run in others)  # their chosen side complies
+    assert recipe.rounds == 2
+
 BROKEN = """\
 model: tiny-random
 sede: 3

@@ -7,6 +7,7 @@ end-to-end test at the bottom runs the real pipeline through the CLI.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -202,6 +203,9 @@ def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monke
     _chats(final)
     card = (final / "README.md").read_text()
     assert "| 0 | harmless (`harmless`) | `" in card and "not generated" not in card  # the recipe names it
+    # The card says how the data was made, from what each run's manifest recorded.
+    assert "The model wrote its own training data against the constitutions below: it critiqued and revised" in card
+    assert re.search(r"^\| 0 \| harmless \(`harmless`\) \| `[0-9a-f]{64}` \| red_team \| revision \|$", card, re.M), card
 
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output
@@ -228,22 +232,42 @@ def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_mode
     """rounds: 2 -> round 2 generates with round 1's model, trains it again, and a rerun skips both rounds."""
     monkeypatch.chdir(REPO)
     out = tmp_path / "tiny"
-    command = ["train", "recipes/tiny.yaml", "--set", f"output_dir={out}", "--set", "rounds=2"]
+    command = ["train", "recipes/tiny.yaml", "--set", f"output_dir={out}", "--set", "rounds=2",
+               "--set", "eval.suites=[harmful, everyday]"]
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 0, result.output
     first, second = out / "model", out / "round-2" / "model"
+    assert "round 1 of 2: training tiny-random" in result.output
+    assert f"round 2 of 2: generating with {first}" in result.output
     assert result.stdout.strip().splitlines()[-1] == str(second)
     manifest = json.loads((out / "round-2" / "generate" / "0-harmless" / "manifest.json").read_text())
     assert manifest["model"] == str(first)  # round 2's data was written by round 1's model
     assert _changed(_weights(first), _weights(second))
     results = json.loads((out / "round-2" / "eval" / "results.json").read_text())
     assert results["models"]["baseline"]["spec"] == "tiny-random"  # every round is compared with the base model
+    card = (second / "README.md").read_text()  # names the base model, and the round it came from
+    assert "\nbase_model: tiny-random\n" in card
+    assert f"**tiny-random** (licence: apache-2.0) in round 2 of 2, starting from round 1's model (`{first}`)" in card
     table = (out / "rounds.md").read_text()
-    assert f"| 1 | `{first}` | harmful | refused |" in table and f"| 2 | `{second}` | harmful | refused |" in table
+    for index, model in ((1, first), (2, second)):  # the headline first, then the two rates it is made of
+        lines = [line for line in table.splitlines() if line.startswith(f"| {index} | `{model}` |")]
+        assert [line.split(" | ")[2:4] for line in lines] == [
+            ["harmful, everyday", "discrimination"], ["harmful", "refused"], ["everyday", "refused"]
+        ], table
+        assert re.search(r"\| [+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\] \(\d\.\d\d - \d\.\d\d\) \|$", lines[0])
 
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output
     assert again.output.count("dpo: complete, skipped") == 2 and again.output.count("eval: complete, skipped") == 2
+    assert "WARNING" not in again.output
+
+    # Round 1's DPO trained again: round 2 came from the earlier model, and the rerun says which folder to delete.
+    shutil.rmtree(out / "dpo")
+    shutil.rmtree(out / "eval")
+    redone = CliRunner().invoke(main, command)
+    assert redone.exit_code == 0, redone.output
+    warning = next(line for line in redone.output.splitlines() if "WARNING" in line)
+    assert "round-2 was made from an earlier training of" in warning and f"delete {out / 'round-2'}" in warning
 
 
 def _two_run_recipe(tmp_path: Path, first: str, second: str, test_split: float):
@@ -300,3 +324,25 @@ def test_a_run_weighted_zero_in_both_stages_is_not_generated_and_holds_nothing_o
     recipe = load_recipe(recipe_path, ["generate.1.sft_weight=1"])
     assert [(c["train"], c["test"]) for c in prepare_data(recipe, "dpo")] == [(8, 2), (0, 0)]
     assert [(c["train"], c["test"]) for c in prepare_data(recipe, "sft")] == [(8, 2), (8, 2)]
+
+
+def test_the_rounds_table_says_which_rounds_were_not_evaluated(tmp_path):
+    """A run with `--stages generate,sft,dpo` has no eval yet: rounds.md says so instead of an empty table."""
+    from cai_kit.core.stats import difference, rate
+    from cai_kit.training.generate_runs import mark_complete
+    from cai_kit.training.rounds import write_rounds_table
+
+    harmful, everyday = rate(30, 100), rate(5, 100)
+    scores = {"harmful": {"baseline": {"refused": rate(8, 100)}, "model": {"refused": harmful}},
+              "everyday": {"baseline": {"refused": rate(1, 100)}, "model": {"refused": everyday}}}
+    headline = {"model": difference(harmful, everyday) | {"harmful_refused": harmful, "everyday_refused": everyday}}
+    results = {"suites": {suite: {"scores": s} for suite, s in scores.items()}, "discrimination": headline}
+    mark_complete(tmp_path / "eval", results=results)
+    write_rounds_table(tmp_path, [(1, tmp_path), (2, tmp_path / "round-2")])
+    rows = (tmp_path / "rounds.md").read_text().splitlines()[4:]
+    assert rows[0].endswith("| harmful, everyday | discrimination | - | +0.25 [+0.15, +0.35] (0.30 - 0.05) |")
+    assert rows[1].endswith("| harmful | refused | 0.08 | 0.30 |")
+    assert rows[2].endswith("| everyday | refused | 0.01 | 0.05 |")
+    assert rows[3] == (f"| 2 | `{tmp_path / 'round-2' / 'model'}` | - | not evaluated: run the eval stage "
+                       "(`--stages eval`) | - | - |")
+    assert len(rows) == 4

@@ -30,7 +30,7 @@ E = EvalOptions
     multiple=True,
     default=DEFAULT_SUITES,
     help=f"{', '.join(SUITES)} or all (these four), or a public benchmark: {', '.join(BENCHMARKS)}. Repeatable. "
-    f"harmful with everyday adds the discrimination headline.  [default: {', '.join(DEFAULT_SUITES)}]",
+    "harmful with everyday adds the discrimination headline.",
 )
 @click.option(
     "--judge-model",

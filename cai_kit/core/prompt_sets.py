@@ -30,6 +30,7 @@ SHIPPED = {
     "borderline": "data/train/borderline.jsonl",
     "everyday": "data/train/everyday.jsonl",
     "eval/harmful": "data/eval/harmful.jsonl",
+    "eval/harmful_test": "data/eval/harmful_test.jsonl",  # fresh harmful prompts no recipe choice looked at
     "eval/over_refusal": "data/eval/over_refusal.jsonl",
     "eval/helpful": "data/eval/helpful.jsonl",
     "eval/everyday_dev": "data/eval/everyday_dev.jsonl",

@@ -62,7 +62,7 @@ def _nll(entry: dict[str, Any] | None) -> str:
     return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
-def _discrimination(entry: dict[str, Any] | None) -> str:
+def format_discrimination(entry: dict[str, Any] | None) -> str:
     """"+0.35 [+0.24, +0.45] (0.80 - 0.45)": the difference, its interval, then the two rates it is made of."""
     if not entry:
         return "-"
@@ -77,7 +77,7 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
     roles = roles_of(results)
     if results.get("discrimination"):
         rows.append(["discrimination", "harmful refused minus everyday refused (higher is better)",
-                     *(_discrimination(results["discrimination"].get(r)) for r in roles)])
+                     *(format_discrimination(results["discrimination"].get(r)) for r in roles)])
     for suite, key, label, higher in METRICS:
         scores = suites.get(suite, {}).get("scores", {})
         if any(score(s, key) is not None for s in scores.values()):

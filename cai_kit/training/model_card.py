@@ -14,6 +14,12 @@ from typing import Any
 
 from cai_kit.training.recipe import Recipe
 
+# How each pair mode made the data, for the card's first paragraph.
+PAIR_MODES = {
+    "revision": "critiqued and revised its own answers (revision pairs: the revision over the first answer)",
+    "contrast": "answered each prompt steered towards a principle and away from it (contrast pairs)",
+    "judge": "judged pairs of its own answers (judge pairs)",
+}
 SHOWN_METRICS = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_loss", "train_runtime"]
 
 
@@ -39,29 +45,38 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
     from cai_kit.licensing.licence_guard import recipe_producers
     from cai_kit.licensing.licences import contributors_markdown, licence_or_unknown
 
-    base = DEFAULT_MODEL_NAME if recipe.model == "default" else recipe.model
-    licence = licence_or_unknown(recipe.model, recipe.model_licences)
+    base = DEFAULT_MODEL_NAME if recipe.base_model == "default" else recipe.base_model
+    licence = licence_or_unknown(recipe.base_model, recipe.model_licences)
+    # A later round trains the previous round's model again, on data that model wrote (`rounds: N`).
+    started = (f" in round {recipe.round_index} of {recipe.rounds}, starting from round {recipe.round_index - 1}'s "
+               f"model (`{recipe.model}`)" if recipe.round_index > 1 else "")
     producers, unrecorded = recipe_producers(recipe)
     out = recipe.out
+    manifests = [_read_json(recipe.generate_dir(k) / "manifest.json") or {} for k in range(len(recipe.generate))]
+    # The modes each run made: the manifest's (a judge that failed its check was swapped for its fallback).
+    modes = [manifest.get("options", {}).get("pairs", run.pairs) for manifest, run in zip(manifests, recipe.generate)]
+    made = [PAIR_MODES.get(mode, f"{mode} pairs") for mode in dict.fromkeys(m for run in modes for m in run)]
+    how = (f"wrote its own training data against the constitutions below: it {'; it '.join(made)}. It was "
+           "fine-tuned on the chosen answers (SFT), then trained with DPO on the pairs" if made
+           else "was fine-tuned on the data files below (SFT), then trained with DPO on their pairs")
     lines = ["---", f"license: {licence}", f"base_model: {base}", "library_name: transformers",
              "tags: [cai-kit, constitutional-ai, dpo, trl]", "---", "",
              f"# {out.name}: {base} aligned to its own constitution", "",
-             f"Trained by cai-kit (`cai train`) from **{base}** (licence: {licence}). "
-             "The model answered prompts, critiqued and revised its own answers against the constitutions below, "
-             "was fine-tuned on its revisions (SFT), then trained with DPO on revision-over-first-answer pairs. "
-             "The models below wrote, critiqued, revised or judged its training data.", "",
+             f"Trained by cai-kit (`cai train`) from **{base}** (licence: {licence}){started}. "
+             f"The model {how}. The models below wrote, critiqued, revised or judged its training data.", "",
              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
              f"model = AutoModelForCausalLM.from_pretrained({str(folder)!r})",
              f"tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})", "```", "",
-             "## Constitutions", "", "| run | constitution | sha256 | prompts |", "| --- | --- | --- | --- |"]
-    for index, run in enumerate(recipe.generate):
-        manifest = _read_json(recipe.generate_dir(index) / "manifest.json") or {}
+             "## Constitutions", "", "| run | constitution | sha256 | prompts | pairs |",
+             "| --- | --- | --- | --- | --- |"]
+    for index, (run, manifest) in enumerate(zip(recipe.generate, manifests)):
         sources = ", ".join(map(str, manifest.get("prompt_sources", run.prompts)))
         name = manifest.get("constitution", Path(run.constitution).stem)
         sha256 = manifest.get("constitution_sha256", "not generated")
-        lines.append(f"| {index} | {name} (`{run.constitution}`) | `{sha256}` | {sources} |")
+        pairs = ", ".join(modes[index])
+        lines.append(f"| {index} | {name} (`{run.constitution}`) | `{sha256}` | {sources} | {pairs} |")
     if not recipe.generate:
-        lines.append("| - | none: trained on data files only | | |")
+        lines.append("| - | none: trained on data files only | | | |")
     lines += ["", "## Data", "", "| stage | source | rows | weight | train | test |",
               "| --- | --- | --- | --- | --- | --- |"]
     for stage in ("sft", "dpo"):

@@ -124,6 +124,7 @@ class Recipe(BaseModel):
     rounds: int = Field(default=1, ge=1)
 
     _base_model: str | None = PrivateAttr(default=None)  # set on the recipes of rounds after the first
+    _round: int = PrivateAttr(default=1)  # which round this recipe runs (for_round sets 2, 3, ...)
 
     @property
     def out(self) -> Path:
@@ -134,12 +135,17 @@ class Recipe(BaseModel):
         """The model round 1 started from: every round's eval baseline."""
         return self._base_model or self.model
 
+    @property
+    def round_index(self) -> int:
+        return self._round
+
     def for_round(self, index: int, model: str) -> Recipe:
         """The recipe of round `index` (2, 3, ...): starts from `model`, writes under output_dir/round-<index>."""
         later = self.model_copy(
             update={"model": model, "output_dir": str(self.out / f"round-{index}"), "seed": self.seed + index - 1}
         )
         later._base_model = self.base_model
+        later._round = index
         return later
 
     def generate_dir(self, index: int) -> Path:

@@ -40,6 +40,7 @@ from cai_kit.training.data_mix import Source, describe, mix
 from cai_kit.training.generate_runs import MARKER, generate_stage, is_complete, mark_complete
 from cai_kit.training.log import log
 from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
+from cai_kit.training.rounds import check_round_source, write_rounds_table
 from cai_kit.training.steps import STEPS_FILE, StepLog, read_steps
 
 LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
@@ -52,6 +53,8 @@ def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
     output_dir/round-<r> (Self-Rewarding and SPIN report most of their gain in the first 2-3 rounds).
     A finished round's stages are skipped on rerun, like any finished stage.
     """
+    if recipe.rounds > 1:
+        log(f"round 1 of {recipe.rounds}: training {recipe.model}; each later round trains the one before it again")
     final = run_round(recipe, stages, callbacks)
     rounds = [(1, recipe.out)]
     for index in range(2, recipe.rounds + 1):
@@ -59,35 +62,12 @@ def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
             raise UsageError(f"rounds: round {index} starts from round {index - 1}'s model, and it has none yet")
         later = recipe.for_round(index, str(final))
         log(f"round {index} of {recipe.rounds}: generating with {final}")
+        check_round_source(later.out, final)
         final = run_round(later, stages, callbacks)
         rounds.append((index, later.out))
     if recipe.rounds > 1:
         write_rounds_table(recipe.out, rounds)
     return final
-
-
-def write_rounds_table(out: Path, rounds: list[tuple[int, Path]]) -> None:
-    """output_dir/rounds.md: each round's headline eval figures against the base model."""
-    lines = ["| round | model | suite | metric | baseline | model |", "| --- | --- | --- | --- | --- | --- |"]
-    for index, folder in rounds:
-        marker = folder / "eval" / MARKER
-        results = json.loads(marker.read_text()).get("results") if marker.is_file() else None
-        suites = (results or {}).get("suites", {})
-        for suite in ("harmful", "over_refusal"):
-            scores = (suites.get(suite) or {}).get("scores", {})
-            if scores:
-                cells = [_rate(scores.get(who, {}).get("refused")) for who in ("baseline", "model")]
-                lines.append(f"| {index} | `{folder / 'model'}` | {suite} | refused | {cells[0]} | {cells[1]} |")
-        pairwise = (suites.get("helpful") or {}).get("pairwise")
-        if pairwise:
-            win = _rate(pairwise["win_rate"])
-            lines.append(f"| {index} | `{folder / 'model'}` | helpful | win rate | - | {win} |")
-    (out / "rounds.md").write_text("# Rounds\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    log(f"rounds: {out / 'rounds.md'}")
-
-
-def _rate(value: Any) -> str:
-    return f"{value['rate']:.2f}" if isinstance(value, dict) and value.get("rate") is not None else "-"
 
 
 def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
