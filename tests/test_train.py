@@ -205,7 +205,8 @@ def test_tiny_recipe_end_to_end_through_the_cli(tmp_path, tiny_model_path, monke
     assert "| 0 | harmless (`harmless`) | `" in card and "not generated" not in card  # the recipe names it
     # The card says how the data was made, from what each run's manifest recorded.
     assert "The model wrote its own training data against the constitutions below: it critiqued and revised" in card
-    assert re.search(r"^\| 0 \| harmless \(`harmless`\) \| `[0-9a-f]{64}` \| red_team \| revision \|$", card, re.M), card
+    row = r"^\| 0 \| harmless \(`harmless`\) \| `[0-9a-f]{64}` \| red_team \| revision \|$"
+    assert re.search(row, card, re.M), card
 
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output
