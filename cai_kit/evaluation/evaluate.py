@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError
+from cai_kit.core.files import write_atomic
 from cai_kit.core.prompt_sets import PromptRow, load_prompts, round_robin
 from cai_kit.core.shipped import shipped_file
 from cai_kit.engines import Engine, GenParams, load_engine
@@ -119,7 +120,7 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
             if all(row.get(k) == v for k, v in identity.items()):
                 cached[(row["suite"], row["id"])] = row
     # Rewritten with only the rows that still apply: answers of an older model or setting are dropped.
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cached.values()), encoding="utf-8")
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cached.values()))
     pending = [(suite, row) for suite, rows in prompts.items() for row in rows
                if cached.get((suite, row.id), {}).get("prompt") != row.prompt]
     print(f"cai eval: {role} {spec}: {len(pending)} answers to write, "

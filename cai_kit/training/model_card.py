@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cai_kit.core.files import write_atomic
 from cai_kit.training.recipe import Recipe
 
 # How each pair mode made the data, for the card's first paragraph.
@@ -114,5 +115,5 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
               "its blind spots: over-trained CAI models turn evasive. Read the eval's over-refusal figures "
               "next to the harm figures before using it.", ""]
     path = folder / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_atomic(path, "\n".join(lines))
     return path

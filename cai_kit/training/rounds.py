@@ -57,7 +57,7 @@ def write_rounds_table(out: Path, rounds: list[tuple[int, Path]]) -> None:
         pairwise = (suites.get("helpful") or {}).get("pairwise")
         if pairwise:
             lines.append(f"{row} helpful | win rate | - | {_rate(pairwise['win_rate'])} |")
-    (out / "rounds.md").write_text("# Rounds\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(out / "rounds.md", "# Rounds\n\n" + "\n".join(lines) + "\n")
     log(f"rounds: {out / 'rounds.md'}")
 
 

@@ -78,7 +78,7 @@ def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
 
         check_recipe(recipe)  # before any work: a forbidden licence combination stops here
     recipe.out.mkdir(parents=True, exist_ok=True)
-    (recipe.out / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    write_atomic(recipe.out / "recipe.yaml", dump_recipe(recipe))
     log(f"stages {', '.join(chosen)} -> {recipe.out}")
     if "generate" in chosen:
         generate_stage(recipe)
