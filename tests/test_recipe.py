@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cai_kit.cli import main
 from cai_kit.core.errors import UsageError
 from cai_kit.core.shipped import resolve_yaml
-from cai_kit.training.recipe import load_recipe, parse_stages, trl_config
+from cai_kit.training.recipe import dump_recipe, load_recipe, parse_stages, trl_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
@@ -84,6 +84,11 @@ def test_laptop_recipe_keeps_full_refusals_weights_them_and_runs_two_rounds():
     assert red_team.filters == FILTERS and "partial" not in DEFAULT_FILTERS  # every filter, `partial` included
     assert all(run.filters == DEFAULT_FILTERS and run.weight == 1 for run in others)  # their chosen side complies
     assert recipe.rounds == 2
+    # Round 2 trains a smaller adapter (docs: Results, Levers: rank 4 in round 2 only measured best).
+    assert (recipe.sft.lora.r, recipe.dpo.lora.r) == (16, 16)
+    second = recipe.for_round(2, "runs/zephyr_cai/model")
+    assert (second.sft.lora.r, second.sft.lora.alpha, second.dpo.lora.r, second.dpo.lora.alpha) == (4, 8, 4, 8)
+    assert load_recipe(REPO / "recipes" / "zephyr_cai.yaml", ["rounds=1"]).rounds == 1  # its header's override
 
 BROKEN = """\
 model: tiny-random
@@ -98,13 +103,17 @@ sft:
 """
 
 
+def _validate_errors(path: Path, text: str) -> list[str]:
+    """`cai validate` on `text` written to `path`: exit status 2, no traceback; return its error lines."""
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
 def test_broken_recipe_gives_one_line_per_problem(tmp_path):
     path = tmp_path / "broken.yaml"
-    path.write_text(BROKEN)
-    result = CliRunner().invoke(main, ["validate", str(path)])
-    assert result.exit_code == 2
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    lines = _validate_errors(path, BROKEN)
     assert f"error: {path}:2: sede: unknown key (did you mean 'seed'?)" in lines
     assert any(line.startswith(f"error: {path}:3: processes: ") for line in lines)
     assert f"error: {path}:9: sft.trl.max_seq_length: not an option of trl.SFTConfig (renamed: use 'max_length')" \
@@ -115,11 +124,8 @@ def test_broken_recipe_gives_one_line_per_problem(tmp_path):
 
 def test_missing_data_file_and_bad_trl_values(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("data:\n  prefs:\n    - path: gone.jsonl\ndpo:\n  trl:\n    beta: high\n"
-                    "    lr_scheduler_type: cosin\n    eval_strategy: no\n")
-    result = CliRunner().invoke(main, ["validate", str(path)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    lines = _validate_errors(path, "data:\n  prefs:\n    - path: gone.jsonl\ndpo:\n  trl:\n    beta: high\n"
+                                   "    lr_scheduler_type: cosin\n    eval_strategy: no\n")
     assert len(lines) == 4
     assert lines[0] == f"error: {path}:3: data.prefs[0].path: file not found: gone.jsonl"
     assert lines[1].startswith(f"error: {path}:6: dpo.trl.beta: Input should be a valid number")
@@ -180,3 +186,64 @@ def test_parse_stages():
     assert parse_stages("sft, dpo") == ["sft", "dpo"]
     with pytest.raises(UsageError, match="unknown: train"):
         parse_stages("sft,train")
+
+
+def test_round_overrides_change_their_round_and_every_later_one(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: tiny-random\nrounds: 3\ngenerate:\n  - constitution: constitutions/harmless.yaml\n"
+                    "    limit: 4\nround_overrides:\n  2: {sft.lora.r: 4, generate.0.limit: 8}\n"
+                    "  3: {sft.lora.r: 2, dpo.trl.beta: 0.3}\n")
+    recipe = load_recipe(path)
+    assert (recipe.sft.lora.r, recipe.generate[0].limit, trl_config(recipe, "dpo").beta) == (16, 4, 0.1)
+    second, third = recipe.for_round(2, "m1"), recipe.for_round(3, "m2")
+    assert (second.sft.lora.r, second.generate[0].limit, trl_config(second, "dpo").beta) == (4, 8, 0.1)
+    assert (third.sft.lora.r, third.generate[0].limit, trl_config(third, "dpo").beta) == (2, 8, 0.3)
+    assert (third.model, third.output_dir, third.seed, third.base_model) == ("m2", str(recipe.out / "round-3"), 2,
+                                                                             "tiny-random")
+    # The round's recipe.yaml holds the values it ran with, not the changes a second time.
+    assert "round_overrides" not in dump_recipe(second) and "r: 4" in dump_recipe(second)
+    assert recipe.round_changes(3) == ["sft.lora.r=4", "generate.0.limit=8", "sft.lora.r=2", "dpo.trl.beta=0.3"]
+
+
+def test_bad_round_overrides_name_the_round_and_the_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    lines = _validate_errors(path, "rounds: 2\ngenerate:\n  - constitution: constitutions/harmless.yaml\n"
+                             "round_overrides:\n  2:\n    sft.lora.rank: 4\n    model: other\n"
+                             "    generate.3.limit: 8\n  1: {seed: 1}\n")
+    assert lines == [
+        f"error: {path}:6: round_overrides.2.sft.lora.rank: unknown key sft.lora.rank",
+        f"error: {path}:7: round_overrides.2.model: each round starts from the model of the round before it",
+        f"error: {path}:8: round_overrides.2.generate.3.limit: generate[3]: the recipe has 1 item(s) there; use an "
+        "index below that or set generate=[...]",
+        f"error: {path}:9: round_overrides.1: not a later round: round 1 is the recipe itself, and later rounds "
+        "are 2, 3, ...",
+    ]
+    # Keys that exist, with values the round's recipe rejects: checked on the recipe that round would run.
+    path.write_text("rounds: 2\ngenerate:\n  - constitution: constitutions/harmless.yaml\nround_overrides:\n"
+                    "  2:\n    sft.lora.r: 0\n    dpo.trl.learning_rat: 1\n")
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path)
+    assert caught.value.problems[0] == (f"{path}:6: round_overrides.2: in round 2, sft.lora.r: "
+                                        "Input should be greater than or equal to 1")
+    assert caught.value.problems[1].startswith(f"{path}:7: round_overrides.2: in round 2, dpo.trl.learning_rat: "
+                                               "not an option of trl.DPOConfig (did you mean 'learning_rate'?)")
+    assert len(caught.value.problems) == 2
+
+
+def test_trl_default_checkpointing_is_kept_without_the_deprecation_warning(tmp_path):
+    """TRL sets its default under transformers' deprecated `gradient_checkpointing`; the recipe passes the same
+    value under `activation_checkpointing`, so loading a recipe prints no FutureWarning."""
+    import dataclasses
+    import warnings
+
+    from trl import DPOConfig
+
+    default = next(field.default for field in dataclasses.fields(DPOConfig) if field.name == "gradient_checkpointing")
+    path = tmp_path / "r.yaml"
+    path.write_text("dpo:\n  trl:\n    beta: 0.2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        recipe = load_recipe(path)
+    assert trl_config(recipe, "dpo").activation_checkpointing == default
+    path.write_text("dpo:\n  trl:\n    activation_checkpointing: false\n")
+    assert trl_config(load_recipe(path), "dpo").activation_checkpointing is False

@@ -234,12 +234,15 @@ def test_two_rounds_regenerate_with_the_new_model_and_resume(tmp_path, tiny_mode
     monkeypatch.chdir(REPO)
     out = tmp_path / "tiny"
     command = ["train", "recipes/tiny.yaml", "--set", f"output_dir={out}", "--set", "rounds=2",
-               "--set", "eval.suites=[harmful, everyday]"]
+               "--set", "eval.suites=[harmful, everyday]", "--set", "round_overrides={2: {sft.lora.r: 2}}"]
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 0, result.output
     first, second = out / "model", out / "round-2" / "model"
     assert "round 1 of 2: training tiny-random" in result.output
-    assert f"round 2 of 2: generating with {first}" in result.output
+    assert f"round 2 of 2: generating with {first}; round_overrides: sft.lora.r=2" in result.output
+    ranks = [json.loads((folder / "sft" / "adapter" / "adapter_config.json").read_text())["r"]
+             for folder in (out, out / "round-2")]
+    assert ranks == [4, 2]  # round 2 only trains the adapter its round_overrides ask for
     assert result.stdout.strip().splitlines()[-1] == str(second)
     manifest = json.loads((out / "round-2" / "generate" / "0-harmless" / "manifest.json").read_text())
     assert manifest["model"] == str(first)  # round 2's data was written by round 1's model

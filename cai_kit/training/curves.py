@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError
+from cai_kit.core.files import write_atomic
 from cai_kit.training.steps import find_steps, read_steps
 
 # (log key, panel title); eval_ variants are drawn on the same panel as markers
@@ -56,7 +57,7 @@ def write_curves(histories: dict[str, list[dict[str, Any]]], folder: Path) -> li
     data = {stage: extract(history) for stage, history in histories.items()}
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "training_curves.json"
-    json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_atomic(json_path, json.dumps(data, indent=1) + "\n")
     panels = [(stage, key, title) for stage, series in data.items() for key, title in CURVES
               if key in series or f"eval_{key}" in series]
     if not panels:

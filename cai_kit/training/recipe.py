@@ -13,9 +13,6 @@ anywhere, and `cai train tiny` finds the shipped recipe itself.
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +26,7 @@ from cai_kit.core.shipped import resolve_yaml
 from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
 from cai_kit.evaluation.options import EvalSettings
 from cai_kit.generation.options import GenerateOptions
+from cai_kit.training.overrides import parse_key, path_problem, round_data, set_path
 from cai_kit.training.recipe_inputs import input_problems
 from cai_kit.training.trl_options import build_trl_config, precision_of
 
@@ -122,6 +120,8 @@ class Recipe(BaseModel):
     # Iterative self-alignment: round r > 1 regenerates the data with round r-1's model and trains that
     # model again, in output_dir/round-<r>, each round evaluated against the recipe's base model.
     rounds: int = Field(default=1, ge=1)
+    # Changes for round r and every round after it ({2: {"sft.lora.r": 4}}), as `--set` would make them.
+    round_overrides: dict[int, dict[str, Any]] = Field(default_factory=dict)
 
     _base_model: str | None = PrivateAttr(default=None)  # set on the recipes of rounds after the first
     _round: int = PrivateAttr(default=1)  # which round this recipe runs (for_round sets 2, 3, ...)
@@ -140,13 +140,20 @@ class Recipe(BaseModel):
         return self._round
 
     def for_round(self, index: int, model: str) -> Recipe:
-        """The recipe of round `index` (2, 3, ...): starts from `model`, writes under output_dir/round-<index>."""
-        later = self.model_copy(
-            update={"model": model, "output_dir": str(self.out / f"round-{index}"), "seed": self.seed + index - 1}
-        )
+        """The recipe of round `index` (2, 3, ...): starts from `model`, writes under output_dir/round-<index>,
+        with the `round_overrides` of rounds 2 to `index` applied."""
+        data = round_data(self.model_dump(exclude_unset=True), self.round_overrides, index)
+        data.pop("round_overrides", None)  # applied: the round's recipe.yaml holds the values it ran with
+        data.update(model=model, output_dir=str(self.out / f"round-{index}"), seed=self.seed + index - 1)
+        later = Recipe.model_validate(data)
         later._base_model = self.base_model
         later._round = index
         return later
+
+    def round_changes(self, index: int) -> list[str]:
+        """The `round_overrides` in force in round `index`, as `key=value` strings (for the log)."""
+        return [f"{key}={value}" for entry in sorted(self.round_overrides) if entry <= index
+                for key, value in self.round_overrides[entry].items()]
 
     def generate_dir(self, index: int) -> Path:
         return self.out / "generate" / f"{index}-{Path(self.generate[index].constitution).stem}"
@@ -184,10 +191,65 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     # Files and engines are checked on the raw data, so they show even when the schema has problems too.
     problems += _file_problems(path, data, lines) + _engine_problems(path, data, lines)
     problems += input_problems(path, data, lines)  # constitutions, prompt sets, data rows, models
+    problems += _round_problems(path, data, lines, Path(output_dir))
     if problems or recipe is None:
         raise UsageError(sorted(problems, key=_line_number))
     recipe.output_dir = output_dir
     return recipe
+
+
+# Keys a round may not change: they are what makes it a round.
+ROUND_FIXED = {"model": "each round starts from the model of the round before it",
+               "output_dir": "each round writes to output_dir/round-<r>",
+               "rounds": "set once, for the whole run", "round_overrides": "set once, for the whole run"}
+
+
+def _round_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int], out: Path) -> list[str]:
+    """`round_overrides`: later rounds only, keys that exist, and a valid recipe in every round it changes."""
+    given = data.get("round_overrides")
+    if not isinstance(given, dict):
+        return []  # the schema reports it
+    problems = []
+    given = {int(key) if isinstance(key, str) and key.isdigit() else key: value for key, value in given.items()}
+    for index, changes in given.items():
+        where: KeyPath = ("round_overrides", str(index))  # read_yaml keeps mapping keys as written
+        at = f"{path}:{line_of(lines, where)}: round_overrides.{index}"
+        if not isinstance(index, int) or index < 2:
+            # A round past `rounds` is checked but not run, so `--set rounds=1` keeps working.
+            problems.append(f"{at}: not a later round: round 1 is the recipe itself, and later rounds are 2, 3, ...")
+            continue
+        if not isinstance(changes, dict):
+            continue
+        named = [(key, ROUND_FIXED.get(str(parse_key(str(key))[0])) or path_problem(Recipe, data, parse_key(str(key))))
+                 for key in changes]
+        problems += [f"{path}:{line_of(lines, (*where, key))}: round_overrides.{index}.{key}: {problem}"
+                     for key, problem in named if problem]
+    if problems:
+        return problems
+    for index in sorted(key for key in given if isinstance(given[key], dict)):
+        merged = round_data(data, given, index)
+        found: list[tuple[KeyPath, str]] = []
+        try:
+            Recipe.model_validate(merged)
+        except ValidationError as err:
+            found += [(tuple(error["loc"]), error["msg"]) for error in err.errors()]
+        for stage in ("sft", "dpo"):
+            section = merged.get(stage)
+            trl = section.get("trl") if isinstance(section, dict) else None
+            found += build_trl_config(stage, trl if isinstance(trl, dict) else {}, merged.get("seed", 0),
+                                      merged.get("trust_remote_code", False), out)[1]
+        for key_path, message in found:
+            # The line of the change that made the problem, where one did (else the round's own line).
+            key = next((key for key in given[index] if _overlaps(parse_key(str(key)), key_path)), None)
+            line = line_of(lines, ("round_overrides", str(index)) + ((str(key),) if key is not None else ()))
+            problems.append(f"{path}:{line}: round_overrides.{index}: in round {index}, "
+                            f"{format_key_path(key_path)}: {message}")
+    return problems
+
+
+def _overlaps(parts: list[str | int], key_path: KeyPath) -> bool:
+    shorter = min(len(parts), len(key_path))
+    return tuple(parts[:shorter]) == tuple(key_path[:shorter])
 
 
 def _line_number(problem: str) -> int:
@@ -215,8 +277,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     problems = []
     for override in overrides:
         key, sep, text = override.partition("=")
-        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-        problem = "expected key.path=value" if not sep or not key.strip() else _override_path_problem(data, parts)
+        parts = parse_key(key)
+        problem = "expected key.path=value" if not sep or not key.strip() else path_problem(Recipe, data, parts)
         if problem:
             problems.append(f"--set {override}: {problem}")
             continue
@@ -225,48 +287,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         except yaml.YAMLError as err:
             problems.append(f"--set {override}: value is not valid YAML ({str(err).splitlines()[0]})")
             continue
-        node: Any = data
-        for part, after in zip(parts, parts[1:], strict=False):
-            if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
-                node[part] = [] if isinstance(after, int) else {}
-            node = node[part]
-        node[parts[-1]] = value
+        set_path(data, parts, value)
     if problems:
         raise UsageError(problems)
     return data
-
-
-def _override_path_problem(data: dict[str, Any], parts: list[str | int]) -> str:
-    """Walk the schema along `parts`; explain the first step that does not exist, else ''."""
-    schema: Any = Recipe
-    node: Any = data
-    for depth, part in enumerate(parts):
-        here = format_key_path(tuple(parts[: depth + 1]))
-        origin = typing.get_origin(schema)
-        if isinstance(schema, type) and issubclass(schema, BaseModel):
-            if not isinstance(part, str) or part not in schema.model_fields:
-                close = difflib.get_close_matches(str(part), list(schema.model_fields), n=1)
-                return f"unknown key {here}" + (f" (did you mean '{close[0]}'?)" if close else "")
-            schema = _unwrap(schema.model_fields[part].annotation)
-        elif origin is list:
-            items = node if isinstance(node, list) else []
-            if not isinstance(part, int) or part >= len(items):
-                whole = format_key_path(tuple(parts[:depth]))
-                return (f"{here}: the recipe has {len(items)} item(s) there; "
-                        f"use an index below that or set {whole}=[...]")
-            schema = _unwrap(typing.get_args(schema)[0])
-        else:
-            return ""  # inside a free-form mapping (trl, eval, engine_options): its owner checks the keys
-        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) else None  # type: ignore[index]
-    return ""
-
-
-def _unwrap(annotation: Any) -> Any:
-    """`X | None` -> X, so the override walk sees the model or list inside."""
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return annotation
 
 
 def _owned_key_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> list[str]:

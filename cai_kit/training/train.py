@@ -61,7 +61,9 @@ def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
         if not (final / "config.json").is_file():
             raise UsageError(f"rounds: round {index} starts from round {index - 1}'s model, and it has none yet")
         later = recipe.for_round(index, str(final))
-        log(f"round {index} of {recipe.rounds}: generating with {final}")
+        changes = recipe.round_changes(index)
+        log(f"round {index} of {recipe.rounds}: generating with {final}"
+            + (f"; round_overrides: {', '.join(changes)}" if changes else ""))
         check_round_source(later.out, final)
         final = run_round(later, stages, callbacks)
         rounds.append((index, later.out))
@@ -202,8 +204,8 @@ def fit(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> dict[
     weights = folder / ("model" if section.full_finetune else "adapter")
     trainer.save_model(str(weights))  # every rank: DeepSpeed ZeRO-3 and FSDP gather the shards here
     if trainer.is_world_process_zero():
-        (folder / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str) + "\n")
+        write_atomic(folder / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
+        write_atomic(folder / "metrics.json", json.dumps(metrics, indent=1, default=str) + "\n")
         shown = {**metrics["train"], **metrics.get("eval", {})}
         log(f"{stage}: " + ", ".join(f"{key} {shown[key]:.4g}" for key in LOGGED if key in shown))
         if stage == "dpo":

@@ -79,6 +79,12 @@ def build_trl_config(stage: str, given: dict[str, Any], seed: int, trust_remote_
             except ValidationError as err:
                 quote = " (YAML reads no/yes/off/on as booleans: quote it, 'no')" if isinstance(value, bool) else ""
                 problems.append((key_path, f"{err.errors()[0]['msg']} (got {value!r}){quote}"))
+    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
+    named = {"activation_checkpointing", "gradient_checkpointing"} & given.keys()
+    if not named and "activation_checkpointing" in fields:
+        # TRL still sets its default under the deprecated name (DPO: on), and transformers warns about that name
+        # on every build: pass the same default under the new name.
+        values["activation_checkpointing"] = defaults.get("gradient_checkpointing")
     values["output_dir"] = str(out / stage / "checkpoints")
     try:
         # Built even after a problem above (the good keys only), so its own complaints show too.
