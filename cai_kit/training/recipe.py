@@ -179,15 +179,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except ValidationError as err:
         problems += validation_problems(path, err, lines, Recipe)
     output_dir = str(Path(recipe.output_dir if recipe and recipe.output_dir else Path("runs") / Path(path).stem))
-    for stage in ("sft", "dpo"):
-        # Checked even when the rest of the recipe is broken, so every problem shows at once.
-        section = data.get(stage)
-        given = section.get("trl") if isinstance(section, dict) else None
-        seed = recipe.seed if recipe else 0
-        trust = recipe.trust_remote_code if recipe else False
-        problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}"
-                     for key, message in build_trl_config(stage, given if isinstance(given, dict) else {}, seed, trust,
-                                                Path(output_dir))[1]]
+    # Checked even when the rest of the recipe is broken, so every problem shows at once.
+    problems += [f"{path}:{line_of(lines, key)}: {format_key_path(key)}: {message}" for key, message in
+                 _trl_problems(data, recipe.seed if recipe else 0, bool(recipe and recipe.trust_remote_code),
+                               Path(output_dir))]
     # Files and engines are checked on the raw data, so they show even when the schema has problems too.
     problems += _file_problems(path, data, lines) + _engine_problems(path, data, lines)
     problems += input_problems(path, data, lines)  # constitutions, prompt sets, data rows, models
@@ -196,6 +191,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UsageError(sorted(problems, key=_line_number))
     recipe.output_dir = output_dir
     return recipe
+
+
+def _trl_problems(data: dict[str, Any], seed: int, trust: bool, out: Path) -> list[tuple[KeyPath, str]]:
+    """The `sft.trl` and `dpo.trl` sections built into TRL configs: the problems, each with its key path."""
+    problems = []
+    for stage in ("sft", "dpo"):
+        section = data.get(stage)
+        given = section.get("trl") if isinstance(section, dict) else None
+        problems += build_trl_config(stage, given if isinstance(given, dict) else {}, seed, trust, out)[1]
+    return problems
 
 
 # Keys a round may not change: they are what makes it a round.
@@ -233,11 +238,7 @@ def _round_problems(path: str | Path, data: dict[str, Any], lines: dict[KeyPath,
             Recipe.model_validate(merged)
         except ValidationError as err:
             found += [(tuple(error["loc"]), error["msg"]) for error in err.errors()]
-        for stage in ("sft", "dpo"):
-            section = merged.get(stage)
-            trl = section.get("trl") if isinstance(section, dict) else None
-            found += build_trl_config(stage, trl if isinstance(trl, dict) else {}, merged.get("seed", 0),
-                                      merged.get("trust_remote_code", False), out)[1]
+        found += _trl_problems(merged, merged.get("seed", 0), merged.get("trust_remote_code", False), out)
         for key_path, message in found:
             # The line of the change that made the problem, where one did (else the round's own line).
             key = next((key for key in given[index] if _overlaps(parse_key(str(key)), key_path)), None)
