@@ -64,18 +64,18 @@ import openvino_genai
 from cai_kit.engines import openvino
 
 compiling, seen = threading.Event(), {}
-real_pipeline, real_load = openvino_genai.ContinuousBatchingPipeline, openvino.load_tokenizer
+real_pipeline, real_load = openvino_genai.ContinuousBatchingPipeline, openvino.engine_tokenizer
 
 def pipeline(*args):
     seen["torch"] = "torch" in sys.modules
     compiling.set()
     return real_pipeline(*args)
 
-def load_tokenizer(*args):
+def engine_tokenizer(*args):
     assert compiling.wait(30), "the compile had not started when the tokenizer began to load"
     return real_load(*args)
 
-openvino_genai.ContinuousBatchingPipeline, openvino.load_tokenizer = pipeline, load_tokenizer
+openvino_genai.ContinuousBatchingPipeline, openvino.engine_tokenizer = pipeline, engine_tokenizer
 engine = openvino.OpenVINOEngine(sys.argv[1], progress=False)
 reply = engine.generate([[{"role": "user", "content": "Hi"}]], openvino.GenParams(max_new_tokens=4))[0]
 print("torch imported before the compile:", seen["torch"], "| reply:", reply.tokens)
@@ -419,7 +419,7 @@ def test_the_laptop_recipe_makes_the_same_contrast_pairs_on_both_engines(default
     assert texts["openvino"] == texts["transformers"]
 
 
-def test_the_load_benchmark_times_both_variants_in_fresh_processes(engines, tiny_model_path):
+def test_the_load_benchmark_times_each_variant_in_fresh_processes(engines, tiny_model_path):
     """`benchmarks/openvino_load.py` on the tiny model (IR cached by the fixture): one run of each variant."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "openvino_load.py"
     done = subprocess.run([sys.executable, str(script), "--model", tiny_model_path, "--repeats", "1"],
@@ -427,6 +427,6 @@ def test_the_load_benchmark_times_both_variants_in_fresh_processes(engines, tiny
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert "-fp32, cpu " in lines[0]
-    for label, line in zip(("(s) serial", "(e) engine"), lines[1:3]):
+    for label, line in zip(("(s) serial", "(t) overlap", "(e) engine"), lines[1:4]):
         assert line.startswith(label) and float(line.split()[3]) > 0
-    assert lines[3].startswith("s/e = ")
+    assert lines[4].startswith("s/e = ") and " t/e = " in lines[4]

@@ -8,11 +8,13 @@ The cache holds only blocks that a finished prefill has written, so requests sub
 each compute the shared prefix themselves: `generate` first runs the batch's common prefix alone (a
 request for one token), then the batch, which finds it cached: the critique stage ran 2.2x faster.
 
-Prompts are rendered and tokenized here with the model's own transformers tokenizer (the chat
-template, a prefilled assistant reply), exactly as the transformers engine does, and given to the
-pipeline as token ids; replies are decoded the same way. Log-probs for the judge come from the same
-IR run directly by the OpenVINO runtime (GenAI scores only the tokens it generates), one row at a time,
-with the output head cut to the continuation's positions (`scoring_model`).
+Prompts are rendered and tokenized here, exactly as the transformers engine does (the chat template, a
+prefilled assistant reply), and given to the pipeline as token ids; replies are decoded the same way. The
+tokenizer is read from the exported folder with the `tokenizers` library (`file_tokenizer.py`) once a check
+has found it agreeing with the model's transformers tokenizer, which a fresh process would spend ~3 s importing.
+Log-probs for the judge come from the same IR run directly by the OpenVINO runtime (GenAI scores only the
+tokens it generates), one row at a time, with the output head cut to the continuation's positions
+(`scoring_model`).
 
 Precision follows the hardware as the transformers engine's dtype `auto` does: bf16 compute and KV cache on a
 CPU with AMX, f32 elsewhere; in f32 the greedy replies match the transformers engine's in fp32 word for word.
@@ -20,6 +22,7 @@ CPU with AMX, f32 elsewhere; in f32 the greedy replies match the transformers en
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +114,24 @@ def load_tokenizer(source: Any, model: str, chat_template: str | None) -> Any:
     return tokenizer
 
 
+def engine_tokenizer(source: str, folder: Any, model: str, chat_template: str | None) -> Any:
+    """The exported folder's FileTokenizer where a kept check says it agrees with transformers' (no transformers
+    import: the load takes half the time), else transformers' tokenizer; a folder not checked yet under the
+    installed versions is checked now, so the next load takes the fast path."""
+    from cai_kit.engines.file_tokenizer import FileTokenizer, check_against, kept_verdict
+
+    verdict = None if chat_template else kept_verdict(folder)
+    if verdict:
+        try:
+            return FileTokenizer(folder)
+        except (OSError, ValueError):
+            pass
+    tokenizer = load_tokenizer(source, model, chat_template)
+    if verdict is None and not chat_template:
+        check_against(folder, tokenizer)
+    return tokenizer
+
+
 class OpenVINOEngine:
     def __init__(
         self,
@@ -158,7 +179,7 @@ class OpenVINOEngine:
             compiling = pool.submit(
                 openvino_genai.ContinuousBatchingPipeline, str(self.folder), scheduler, "CPU", self.properties
             )
-            self.tokenizer: Any = load_tokenizer(source, model, chat_template)
+            self.tokenizer: Any = engine_tokenizer(source, self.folder, model, chat_template)
             self.pipeline = compiling.result()
         self._genai = openvino_genai
         self._scorer: Any = None  # the IR compiled for log-probs, on first use
@@ -167,15 +188,15 @@ class OpenVINOEngine:
         self.batch_size = batch_size
         self.warm_prefix = warm_prefix and enable_prefix_caching
         self.progress = progress
-        self.stop_ids = self._stop_ids(source)
+        self.stop_ids = self._stop_ids()
         self.generated_tokens = 0
 
-    def _stop_ids(self, source: str) -> list[int]:
-        from transformers import GenerationConfig
-
+    def _stop_ids(self) -> list[int]:
+        """The generation config's end-of-sequence id(s) (the file as transformers' GenerationConfig reads it) and
+        the tokenizer's."""
         try:
-            eos = GenerationConfig.from_pretrained(source).eos_token_id
-        except OSError:
+            eos = json.loads((self.folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
             eos = None
         return stop_token_ids(eos, self.tokenizer)
 
