@@ -219,4 +219,4 @@ def write_report(out: Path, results: dict[str, Any], details: list[dict[str, Any
             table = [[_cell(d["prompt"], 160), *(f"{_example_label(d[r])} {_cell(d[r]['answer'])}" for r in roles)]
                      for d in shown]
             lines += ["Examples:", "", markdown_table(["prompt", *roles], table), ""]
-    (out / REPORT).write_text("\n".join(lines), encoding="utf-8")
+    write_atomic(out / REPORT, "\n".join(lines))
