@@ -3,9 +3,9 @@ transformers renders it: what the openvino engine needs, without transformers' t
 torch (about 3 s of a fresh process's 5 s engine load, while OpenVINO compiled the model beside it).
 
 It is used only for an exported folder where it was checked against the transformers tokenizer on the same files
-(`check_against`): the check runs once per folder, when the folder is exported or on its first load after, and its
-verdict is kept beside the IR (`tokenizer_check.json`, with the transformers, tokenizers and jinja2 versions it
-held for). Anything else (a check that failed, other versions, a chat template given as an engine option, a
+(`check_against`): the check runs on the folder's first load (with the transformers tokenizer, which that load
+uses), and its verdict is kept beside the IR (`tokenizer_check.json`, with the transformers, tokenizers and jinja2
+versions it held for). Anything else (a check that failed, other versions, a chat template given as an engine option, a
 template that tokenizer_config.json holds as a list of named templates, clean_up_tokenization_spaces) loads the
 transformers tokenizer as before.
 """
