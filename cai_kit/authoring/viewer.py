@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError
-from cai_kit.core.files import write_atomic
+from cai_kit.core.files import numbered_lines, write_atomic
 from cai_kit.generation.data_card import principle_rows
 
 PAGE = "view.html"
@@ -46,15 +46,13 @@ def write_view(folder: str | Path, out: str | Path | None = None) -> Path:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file; a last line torn by a killed run is skipped, a bad line elsewhere is an error."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = list(numbered_lines(path.read_text(encoding="utf-8")))
     rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in lines:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            if number == len(lines):
+            if number == lines[-1][0]:
                 break
             raise UsageError(f"{path}:{number}: not a JSON row ({err.msg})") from None
     return rows

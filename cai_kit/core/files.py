@@ -1,5 +1,9 @@
 """Writing files so that a reader never sees half of one, and reading JSONL line by line.
 
+JSONL is split on "\n" alone, everywhere: `str.splitlines()` also splits on U+2028, U+2029, U+0085,
+\x0b, \x0c and \x1c-\x1e, which are data inside a JSON string. Rows are written with those characters
+escaped too, so that other readers that split the same way still see one row per line.
+
 Every file cai-kit writes whole (manifests, data cards, views, training data, caches) goes through
 `write_atomic`: a hidden temporary file beside the target, fsynced, then renamed over it. A failure
 (a full disk, a read-only folder) removes the temporary file and leaves the target as it was.
@@ -42,8 +46,29 @@ def append_synced(path: Path, text: str) -> None:
         raise OSError(err.errno, err.strerror, str(path)) from err
 
 
+# Characters that `str.splitlines()` and some editors take for line breaks, and that `json.dumps` leaves raw
+# with ensure_ascii=False (it already escapes \x0b, \x0c and \x1c-\x1e as control characters).
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def jsonl_line(row: Any) -> str:
+    """One JSONL line, newline included: UTF-8 kept readable, but no character inside that reads as a line break."""
+    text = json.dumps(row, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        if char in text:  # only inside strings: json.dumps writes none of them elsewhere
+            text = text.replace(char, escaped)
+    return text + "\n"
+
+
 def jsonl_text(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return "".join(jsonl_line(row) for row in rows)
+
+
+def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for each non-blank line of JSONL text, split on newlines alone."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield number, line
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -55,9 +80,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def json_lines(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line of a JSONL file; a line that is not JSON adds
     `file:line: not valid JSON (...)` to `problems` and is skipped, so a caller reports every bad line at once."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in numbered_lines(path.read_text(encoding="utf-8")):
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:

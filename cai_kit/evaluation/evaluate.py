@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError
-from cai_kit.core.files import write_atomic
+from cai_kit.core.files import jsonl_line, jsonl_text, numbered_lines, write_atomic
 from cai_kit.core.prompt_sets import PromptRow, load_prompts, round_robin
+from cai_kit.core.run_lock import run_lock
 from cai_kit.core.shipped import shipped_file
 from cai_kit.engines import Engine, GenParams, load_engine
+from cai_kit.engines.context import check_prompts
 from cai_kit.evaluation import benchmarks, guards, safety_report
 from cai_kit.evaluation.eval_judge import (
     HARM_QUESTION,
@@ -112,7 +114,7 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
     identity = answer_identity(spec, options)
     cached: Answers = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for _, line in numbered_lines(path.read_text(encoding="utf-8")):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
@@ -120,7 +122,7 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
             if all(row.get(k) == v for k, v in identity.items()):
                 cached[(row["suite"], row["id"])] = row
     # Rewritten with only the rows that still apply: answers of an older model or setting are dropped.
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cached.values()))
+    write_atomic(path, jsonl_text(list(cached.values())))
     pending = [(suite, row) for suite, rows in prompts.items() for row in rows
                if cached.get((suite, row.id), {}).get("prompt") != row.prompt]
     print(f"cai eval: {role} {spec}: {len(pending)} answers to write, "
@@ -141,7 +143,7 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
                              "answer": reply.text, "finish_reason": reply.finish_reason, "tokens": reply.tokens,
                              **identity}
                     cached[(suite, row.id)] = entry
-                    handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    handle.write(jsonl_line(entry))
                 handle.flush()
                 os.fsync(handle.fileno())
             if failed is not None:
@@ -177,11 +179,16 @@ def run_eval(options: EvalOptions, engines: dict[str, Engine] | None = None) -> 
 
     `engines` maps a model spec to a ready engine, used instead of loading one (tests pass scripted engines).
     """
+    out = Path(options.out or Path("runs") / f"eval-{datetime.now():%Y%m%d-%H%M%S}")
+    with run_lock(out, "--out"):  # two processes would append every answer to the cache twice
+        return _evaluate_into(out, options, engines)
+
+
+def _evaluate_into(out: Path, options: EvalOptions, engines: dict[str, Engine] | None) -> dict[str, Any]:
     from cai_kit.core.models import resolve_model
     from cai_kit.evaluation.report import write_report
 
     started = time.perf_counter()
-    out = Path(options.out or Path("runs") / f"eval-{datetime.now():%Y%m%d-%H%M%S}")
     for spec in [options.model, options.baseline, options.judge_model, options.safety_judge]:
         if spec:
             resolve_model(spec)  # a missing folder fails here, before any prompt is answered
@@ -190,6 +197,9 @@ def run_eval(options: EvalOptions, engines: dict[str, Engine] | None = None) -> 
              for s in options.suites if s in benchmarks.BENCHMARKS}
     prompts = {s: bench[s].prompt_rows() if s in bench
                else select_prompts(options.prompts.get(s, DEFAULT_PROMPTS[s]), options.limit) for s in options.suites}
+    for spec in filter(None, [options.model, options.baseline] if not engines else []):  # before a model loads
+        check_prompts(options.engine, spec, [r for rows in prompts.values() for r in rows], options.max_new_tokens,
+                      options.trust_remote_code)
     questions = judge_questions(options) if "helpful" in options.suites and options.baseline else []
     references = (load_references(options.prompts.get("helpful", DEFAULT_PROMPTS["helpful"]), prompts["helpful"])
                   if "helpful" in prompts else None)

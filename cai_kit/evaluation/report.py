@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cai_kit.core.files import write_atomic
+from cai_kit.core.files import jsonl_text, write_atomic
 from cai_kit.core.stats import format_difference, format_rate
 from cai_kit.evaluation.plots import CATEGORIES_PNG, TRADEOFF_PNG, plot_categories, plot_tradeoff
 
@@ -182,7 +182,7 @@ def _example_label(answer: dict[str, Any]) -> str:
 def write_report(out: Path, results: dict[str, Any], details: list[dict[str, Any]], examples: int = 3) -> None:
     out = Path(out)
     write_atomic(out / RESULTS, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    write_atomic(out / DETAILS, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in details))
+    write_atomic(out / DETAILS, jsonl_text(details))
     plots = [p for p in (plot_tradeoff(out / TRADEOFF_PNG, results), plot_categories(out / CATEGORIES_PNG, results))
              if p]
     models = results["models"]

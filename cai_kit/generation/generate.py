@@ -17,14 +17,16 @@ from typing import Any
 from cai_kit.core.constitution import Constitution, load_constitution
 from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow, load_many
+from cai_kit.core.run_lock import run_lock
 from cai_kit.engines import Engine, load_engine
 from cai_kit.evaluation.refusal import is_refusal
 from cai_kit.evaluation.verdicts import verdict
 from cai_kit.generation import pairs
 from cai_kit.generation.failures import EngineFailed, StopOnError, stopped_message
 from cai_kit.generation.filters import normalise, row_status
+from cai_kit.generation.lengths import check_lengths
 from cai_kit.generation.loop import critique_and_revise
-from cai_kit.generation.options import FILTERS, PAIR_MODES, GenerateOptions, is_helping
+from cai_kit.generation.options import GenerateOptions, is_helping
 from cai_kit.generation.rows import row_id
 from cai_kit.generation.run_folder import RunFolder, push_folder
 from cai_kit.judging.gate import gate_judge
@@ -140,38 +142,50 @@ def default_out(constitution_path: str) -> str:
 
 
 def _check(options: GenerateOptions) -> None:
-    """One line per bad option, before anything loads."""
+    """One line per bad engine option, before anything loads (GenerateOptions itself checks the closed sets:
+    pairs, filters, judge_fallback, on_error)."""
     from cai_kit.engines import engine_problems
 
     problems = engine_problems(options.engine, options.engine_options)
-    unknown = sorted(set(options.filters) - set(FILTERS))
-    if unknown:
-        problems.append(f"filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
-    unknown = sorted(set(options.pairs) - set(PAIR_MODES))
-    if unknown:
-        problems.append(f"pairs: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(PAIR_MODES)}")
-    if options.judge_fallback not in (None, "revision", "contrast"):
-        problems.append(f"judge_fallback: {options.judge_fallback!r} is not revision or contrast")
     if problems:
         raise UsageError(problems)
 
 
 def run_generate(options: GenerateOptions, engine: Engine | None = None, licences_checked: bool = False) -> Path:
     """Run the loop and return the output folder. `engine` lets tests pass a scripted engine."""
-    from tqdm import tqdm
-
-    from cai_kit.generation.data_card import print_summary, write_card
-
     if not licences_checked:  # `cai train` checks every run of its recipe at once, before its first stage
         check_generate(options)  # before any work: a forbidden licence combination stops here
     _check(options)
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
+    if engine is None:  # a prompt or principle past the model's context stops here, not minutes into the run
+        check_lengths(options, constitution, prompts)
     # Before the folder is touched: a judge that fails its check stops the run here, or falls back.
     options, engine, judge, notes = gate_or_fall_back(options, engine, constitution)
-    modes = list(dict.fromkeys(options.pairs))
     folder = RunFolder(options.out or default_out(options.constitution))
+    with run_lock(folder.path, "--out"):  # a second process on this folder would write every row again
+        _generate_into(folder, options, constitution, prompts, engine, judge, notes)
+    if options.push_to_hub:
+        push_folder(folder.path, options.push_to_hub)
+    return folder.path
+
+
+def _generate_into(
+    folder: RunFolder,
+    options: GenerateOptions,
+    constitution: Constitution,
+    prompts: list[PromptRow],
+    engine: Engine | None,
+    judge: Engine | None,
+    notes: list[str],
+) -> None:
+    """Resume or start the run in `folder`: the pending rows of each pair mode, chunk by chunk, then the card."""
+    from tqdm import tqdm
+
+    from cai_kit.generation.data_card import print_summary, write_card
+
     rows = folder.open(_manifest(options, constitution, prompts), options.force_new)
+    modes = list(dict.fromkeys(options.pairs))
     wanted = {row_id(row.id, mode) for row in prompts for mode in modes}
     done = {row["id"] for row in rows}
     pending = [(mode, [row for row in prompts if row_id(row.id, mode) not in done]) for mode in modes]
@@ -227,6 +241,3 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
     if failed:  # on_error: skip went on past them; they are not in sft.jsonl or prefs.jsonl
         print(f"cai generate: {failed} rows failed (status error); rerun the same command to generate them again",
               file=sys.stderr)
-    if options.push_to_hub:
-        push_folder(folder.path, options.push_to_hub)
-    return folder.path

@@ -14,11 +14,36 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError
-from cai_kit.core.files import append_synced, jsonl_text, write_atomic
+from cai_kit.core.files import append_synced, jsonl_text, numbered_lines, write_atomic
+from cai_kit.core.run_lock import LOCK_FILE
 
 GENERATIONS, SFT, PREFS, CARD, MANIFEST = "generations.jsonl", "sft.jsonl", "prefs.jsonl", "README.md", "manifest.json"
 # Manifest fields that must match to resume into an existing folder.
 IDENTITY = ["constitution_sha256", "model"]
+# Options that a run may change and still resume: which prompts and pair modes, how fast, where, what to do
+# on errors. Every other option shapes the rows (max_new_tokens, temperature, rounds, few_shot, filters...),
+# so resuming with another value would mix rows made two ways under one manifest and data card.
+RESUMABLE = {
+    "constitution",
+    "model",
+    "prompts",
+    "limit",
+    "pairs",
+    "batch_size",
+    "engine",
+    "engine_options",
+    "out",
+    "force_new",
+    "on_error",
+    "trust_remote_code",
+    "push_to_hub",
+    "model_licences",
+    "accept_licence_risk",
+    "judge_min_accuracy",
+    "judge_min_consistency",
+    "trust_judge",
+    "judge_fallback",
+}
 
 
 def sft_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +67,18 @@ def pref_row(row: dict[str, Any]) -> dict[str, Any]:
     return pref
 
 
+def changed_settings(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """`name old -> new` for each option that shapes the rows and differs from the folder's manifest."""
+    if before is None:  # a manifest written before options were recorded: nothing to compare
+        return []
+    now = json.loads(json.dumps(now))  # compare as the manifest stores them (tuples become lists)
+    return [
+        f"{key} {before.get(key)!r} -> {value!r}"
+        for key, value in now.items()
+        if key not in RESUMABLE and key in before and before[key] != value
+    ]
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -62,6 +99,13 @@ class RunFolder:
                     f"({', '.join(str(old.get(k)) for k in changed)}); use a new --out folder, or --force-new "
                     "to discard its rows"
                 )
+            settings = [] if changed else changed_settings(old.get("options"), manifest["options"])
+            if settings and not force_new and self.read_rows():
+                raise UsageError(
+                    f"{self.path}: its rows were made with other settings ({'; '.join(settings)}); rerun with "
+                    "the same settings to resume, or use a new --out folder, or --force-new to discard its rows"
+                )
+            changed += settings
             if changed:
                 for name in (GENERATIONS, SFT, PREFS, CARD, MANIFEST):
                     (self.path / name).unlink(missing_ok=True)
@@ -72,9 +116,23 @@ class RunFolder:
             self.remove_if_empty()
             raise
         rows = self.read_rows()
-        failed = [row for row in rows if row["status"].startswith("error")]
-        if failed:  # rows that failed (a dead server, say) are dropped here and generated again
-            rows = [row for row in rows if not row["status"].startswith("error")]
+        # Rows that failed (a dead server, say) are dropped here and generated again; an id written twice (by
+        # two processes on one folder before runs were locked) keeps its first row.
+        kept, seen, repeated = [], set(), 0
+        for row in rows:
+            if row["id"] in seen:
+                repeated += 1
+            elif not row["status"].startswith("error"):
+                kept.append(row)
+                seen.add(row["id"])
+        if len(kept) != len(rows):
+            if repeated:
+                print(
+                    f"cai generate: {self.path}: {repeated} rows repeat an earlier row's id; the first of each is "
+                    "kept",
+                    file=sys.stderr,
+                )
+            rows = kept
             write_atomic(self.path / GENERATIONS, jsonl_text(rows))
         self.rebuild(rows)
         return rows
@@ -89,11 +147,7 @@ class RunFolder:
         if keep != len(data):
             with path.open("r+b") as handle:
                 handle.truncate(keep)
-        rows = []
-        for line in data[:keep].decode("utf-8").splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
-        return rows
+        return [json.loads(line) for _, line in numbered_lines(data[:keep].decode("utf-8"))]
 
     def rebuild(self, rows: list[dict[str, Any]]) -> None:
         ok = [row for row in rows if row["status"] == "ok"]
@@ -118,7 +172,7 @@ class RunFolder:
         self.remove_if_empty()
 
     def remove_if_empty(self) -> None:
-        if self.path.is_dir() and not any(self.path.iterdir()):
+        if self.path.is_dir() and all(entry.name == LOCK_FILE for entry in self.path.iterdir()):
             shutil.rmtree(self.path)
 
 

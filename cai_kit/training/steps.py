@@ -18,7 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from cai_kit.core.errors import UsageError
-from cai_kit.core.files import append_synced, write_atomic
+from cai_kit.core.files import append_synced, jsonl_line, jsonl_text, numbered_lines, write_atomic
 
 STEPS_FILE = "steps.jsonl"
 EVAL_PREFIX = "eval_"
@@ -39,7 +39,7 @@ def step_row(logs: dict[str, Any], step: int) -> dict[str, Any] | None:
 def read_steps(path: Path) -> list[dict[str, Any]]:
     """The rows of a steps file; a last line cut short by a kill is left out."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for _, line in numbered_lines(path.read_text(encoding="utf-8")):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -66,7 +66,7 @@ class StepLog(TrainerCallback):
         before = read_steps(self.path) if self.path.is_file() else []
         kept = [row for row in before if row["step"] <= state.global_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+        write_atomic(self.path, jsonl_text(kept))
         self.seen = {(row["step"], row["split"]) for row in kept}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -74,7 +74,7 @@ class StepLog(TrainerCallback):
         if not state.is_world_process_zero or row is None or (row["step"], row["split"]) in self.seen:
             return
         self.seen.add((row["step"], row["split"]))
-        append_synced(self.path, json.dumps(row) + "\n")
+        append_synced(self.path, jsonl_line(row))
 
 
 def find_steps(target: Path) -> list[tuple[str, Path]]:

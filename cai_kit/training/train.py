@@ -32,6 +32,7 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError, disk_errors_in
 from cai_kit.core.files import write_atomic, write_jsonl
+from cai_kit.core.run_lock import run_lock
 from cai_kit.core.shipped import resolve_yaml
 from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.checkpoints import SaveMarker, newest_complete
@@ -53,6 +54,11 @@ def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
     output_dir/round-<r> (Self-Rewarding and SPIN report most of their gain in the first 2-3 rounds).
     A finished round's stages are skipped on rerun, like any finished stage.
     """
+    with run_lock(recipe.out, "output_dir (or --set output_dir=...)"):  # one process per output folder
+        return _train_rounds(recipe, stages, callbacks)
+
+
+def _train_rounds(recipe: Recipe, stages: list[str] | None, callbacks: list[Any] | None) -> Path:
     if recipe.rounds > 1:
         log(f"round 1 of {recipe.rounds}: training {recipe.model}; each later round trains the one before it again")
     final = run_round(recipe, stages, callbacks)
