@@ -299,11 +299,13 @@ def test_partial_filter_keeps_only_full_refusals_under_a_harm_principle(setup):
             return f"here is how to do it: first mix the two and heat them {n} times."
         return f"please talk to someone you trust (friend {n})."
 
-    rows = read(run_generate(options(setup, pairs=["contrast"]), engine=SteeredEngine(toward_harm=toward))
-                / "generations.jsonl")
+    # `takes_back` (on by default) drops the "but here is how" refusals too: left out, to see `partial` alone.
+    base = [name for name in DEFAULT_FILTERS if name != "takes_back"]
+    rows = read(run_generate(options(setup, pairs=["contrast"], filters=base),
+                             engine=SteeredEngine(toward_harm=toward)) / "generations.jsonl")
     assert {r["status"] for r in rows} == {"ok"}, "off by default: the same rows all kept"
     out = setup[2].parent / "partial"
-    filters = [*DEFAULT_FILTERS, "partial"]
+    filters = [*base, "partial"]
     rows = read(run_generate(options(setup, pairs=["contrast"], filters=filters, out=str(out)),
                              engine=SteeredEngine(toward_harm=toward)) / "generations.jsonl")
     harm = {r["prompt"]: r["status"] for r in rows if r["steps"][0]["principle"] == "harm"}
@@ -331,9 +333,9 @@ def test_revision_and_contrast_rows_together_resume_without_duplicates(setup):
     assert engine.calls == []
 
 
-def test_unknown_pair_mode_is_a_usage_error(setup):
-    with pytest.raises(UsageError, match="pairs: unknown mode"):
-        run_generate(options(setup, pairs=["judge-me"]), engine=ScriptedEngine())
+def test_unknown_pair_mode_is_rejected_by_the_options(setup):  # the CLI and recipes: tests/test_options_once.py
+    with pytest.raises(ValueError, match="pairs.0"):
+        options(setup, pairs=["judge-me"])
 
 
 def test_refusal_under_a_helping_principle_is_filtered(setup):
@@ -399,9 +401,9 @@ def test_missing_or_empty_prompt_file_exits_2_and_writes_nothing(tmp_path, setup
     assert not out.exists()
 
 
-def test_unknown_filter_is_a_usage_error(setup):
-    with pytest.raises(UsageError, match="unknown filter"):
-        run_generate(options(setup, filters=["emtpy"]), engine=ScriptedEngine())
+def test_unknown_filter_is_rejected_by_the_options(setup):
+    with pytest.raises(ValueError, match="filters.0"):
+        options(setup, filters=["emtpy"])
 
 
 def _cli(*args: str) -> list[str]:

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cai_kit.cli import main
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion
+from cai_kit.generation import data_card  # noqa: F401  imported before a test patches it (see below)
 from cai_kit.generation.generate import run_generate
 from cai_kit.generation.options import GenerateOptions
 from cai_kit.licensing import licence_guard
@@ -222,6 +223,8 @@ def test_generate_stops_before_any_work_when_a_critic_forbids_it(generate_setup,
     constitution, prompts, out = generate_setup
     llama = licensed("llama", "llama2")
     roles = lambda options: {"writer": options.model, "critic": llama, "reviser": options.model}  # noqa: E731
+    # Every module that imported model_roles by name is patched; each must already be imported (as at the top of
+    # this file), or its first import here would copy the patched function in and keep it after the test.
     for module in ("licensing.licence_guard", "generation.generate", "generation.rows", "generation.data_card"):
         monkeypatch.setattr(f"cai_kit.{module}.model_roles", roles)
     options = GenerateOptions(constitution=str(constitution), prompts=[str(prompts)], out=str(out), batch_size=4)

@@ -21,6 +21,7 @@ from cai_kit.core.prompt_sets import PromptRow
 from cai_kit.engines import load_engine
 from cai_kit.generation.failures import EngineFailed, StopOnError
 from cai_kit.generation.filters import row_status
+from cai_kit.generation.lengths import check_lengths
 from cai_kit.generation.loop import critique_and_revise
 from cai_kit.generation.options import FILTERS, HELPING_TAGS, GenerateOptions
 
@@ -46,9 +47,14 @@ def try_prompt(
     options: GenerateOptions, prompt: str, principle: str | None = None, category: str = ""
 ) -> dict[str, Any]:
     """Run one prompt through `options.rounds` critique/revision rounds; return the row with its filter `status`."""
+    if not prompt.strip():
+        raise UsageError('cai try: the prompt is empty: give the text to try, as in cai try -c harmless "how do I '
+                         'pick a lock?"')
     constitution = load_constitution(options.constitution)
     if principle:
         constitution = pin(constitution, principle)
+    asked = PromptRow("try", prompt, category, "cai try", where="cai try")
+    check_lengths(options, constitution, [asked], [constitution.get(principle)] if principle else None)
     print(f"cai try: loading {options.model} ...", file=sys.stderr)
     engine = load_engine(
         options.engine,
@@ -58,8 +64,7 @@ def try_prompt(
         **options.engine_options,
     )
     try:  # a failed request's text says why it failed: it is not an answer to critique or revise
-        row = critique_and_revise(StopOnError(engine), constitution, [PromptRow("try", prompt, category, "cai try")],
-                                  options)[0]
+        row = critique_and_revise(StopOnError(engine), constitution, [asked], options)[0]
     except EngineFailed as err:
         raise UsageError(f"engine {options.engine!r}: the request failed ({err})") from None
     finally:

@@ -100,7 +100,8 @@ E = EvalOptions
     "precision and recall per label.",
 )
 @click.option("--split", type=click.Choice(["dev", "test"]), help="With --check-verdicts: one split.  [default: both]")
-@usage_errors
+@usage_errors(resume="the answers written so far are kept: rerun the same command, with --out set to the folder "
+              "named above, to resume")
 def eval_command(**kwargs) -> None:
     """Score harm, over-refusal and helpfulness of a model against its baseline; write a report with plots.
 

@@ -15,13 +15,14 @@ from cai_kit.core.shipped import find_shipped, named_dir, not_shipped, resolve_y
 
 # The kinds `cai validate`, `cai ls` and `cai cp` take by name, searched in this order.
 NAMED_KINDS = ("constitution", "recipe")
-# Top-level keys only a recipe has: a file with none of them (and no `principles`) is read as a constitution,
-# so a constitution whose `principles` key is misspelt is told so, not checked as a recipe.
-RECIPE_KEYS = {"model", "output_dir", "seed", "stages", "generate", "data", "sft", "dpo", "eval", "rounds"}
-
-
 def is_constitution(data: object) -> bool:
-    return isinstance(data, dict) and ("principles" in data or not set(data) & RECIPE_KEYS)
+    """A file with `principles`, or with none of the top-level keys only a recipe has, is read as a constitution,
+    so a constitution whose `principles` key is misspelt is told so, not checked as a recipe."""
+    from cai_kit.core.constitution import Constitution
+    from cai_kit.training.recipe import Recipe
+
+    recipe_keys = set(Recipe.model_fields) - set(Constitution.model_fields)
+    return isinstance(data, dict) and ("principles" in data or not set(data) & recipe_keys)
 
 
 @click.command()
@@ -61,7 +62,11 @@ def validate(files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
             else:
                 from cai_kit.training.recipe import load_recipe
 
-                load_recipe(path, overrides)
+                recipe = load_recipe(path, overrides)
+                from cai_kit.training.accelerate_config import host_warnings
+
+                for line in host_warnings(recipe.accelerate_config, path):  # not always the host it runs on
+                    click.echo(f"warning: {line}", err=True)
                 click.echo(f"{spec}: ok (recipe)")
         except UsageError as err:
             problems.extend(err.problems)

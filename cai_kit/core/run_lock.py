@@ -20,7 +20,7 @@ from pathlib import Path
 from cai_kit.core.errors import UsageError
 
 LOCK_FILE = ".cai-kit.lock"
-_held: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, how many holders in this process)
+_held: dict[Path, tuple[int, int]] = {}  # lock file -> (file descriptor, how many holders in this process)
 
 
 def _try_lock(fd: int) -> bool:
@@ -49,15 +49,15 @@ def _holder(path: Path) -> str:
     return f"PID {pid}" if pid.isdigit() else "another process"
 
 
-def _acquire(folder: Path, command: str) -> int:
+def _acquire(folder: Path, command: str, name: str) -> int:
     """Lock `folder` (which must exist) and return the lock file's descriptor, or stop with one line."""
-    path = folder / LOCK_FILE
+    path = folder / name
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(fd):
             os.close(fd)
             raise UsageError(
-                f"{folder}: {_holder(path)} is writing this folder ({LOCK_FILE}); wait for it to finish or stop "
+                f"{folder}: {_holder(path)} is writing this folder ({name}); wait for it to finish or stop "
                 f"it, or give {command} another output folder"
             )
         # The previous holder may have removed the file between our open and our lock: then we hold a lock
@@ -77,29 +77,30 @@ def _acquire(folder: Path, command: str) -> int:
     return fd
 
 
-def _release(folder: Path, fd: int) -> None:
+def _release(path: Path, fd: int) -> None:
     # Removed before it is unlocked: a process that opened it meanwhile sees it gone and tries again.
     with contextlib.suppress(OSError):
-        (folder / LOCK_FILE).unlink()
+        path.unlink()
     os.close(fd)
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path, command: str) -> Iterator[None]:
+def run_lock(folder: Path, command: str, name: str = LOCK_FILE) -> Iterator[None]:
     """Hold the lock on `folder` while the block runs; `command` names the flag or key the user sets to pick
     another folder, e.g. "--out". A second process stops at once with one line. A folder this call creates is
-    removed again if the block leaves it empty (bad input found after the lock was taken)."""
+    removed again if the block leaves it empty (bad input found after the lock was taken). `name` is the lock
+    file's: processes that may share a folder (the machines of one training run) each take their own."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: is a file, not a folder; give {command} a folder (new or one to resume)")
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
+    key = (folder / name).resolve()
     if key in _held:
         fd, count = _held[key]
         _held[key] = (fd, count + 1)
     else:
-        _held[key] = (_acquire(folder, command), 1)
+        _held[key] = (_acquire(folder, command, name), 1)
     try:
         yield
     finally:
@@ -107,6 +108,6 @@ def run_lock(folder: Path, command: str) -> Iterator[None]:
         if count > 1:
             _held[key] = (fd, count - 1)
         else:
-            _release(folder, fd)
+            _release(folder / name, fd)
             if made and folder.is_dir() and not any(folder.iterdir()):  # a run that stopped before writing
                 folder.rmdir()

@@ -1,12 +1,15 @@
 """Generation through any OpenAI-compatible server: `vllm serve`, SGLang, TGI, `transformers serve`, Ollama.
 
-One HTTP request per conversation, up to `max_concurrency` in flight, so the server's own continuous
-batching does the batching (and its prefix cache shares the few-shot prefix). Each request goes to
-the base URL with the fewest requests in flight; connection errors, timeouts, 429, 5xx and answers
-that are not JSON are retried with exponential backoff (`servers.py`), each retry said on stderr with
-when it gives up. A URL that stops answering is avoided while another answers; when a request has spent its
-retries and no URL answers, the run stops with one line (the rows finished so far are on disk, and
-rerunning the command resumes). Any other failure of one request becomes an error completion, which
+One HTTP request per conversation, up to `max_concurrency` in flight over all calls, so the server's own
+continuous batching does the batching (and its prefix cache shares the few-shot prefix). The engine serves
+concurrent calls (`concurrent`), so `cai generate` sends each row's next step as soon as its last one
+returns instead of waiting for a whole chunk. Each request goes to the base URL with the fewest requests in
+flight; connection errors, timeouts, 429, 5xx and answers that are not JSON are retried with exponential
+backoff (`servers.py`), each retry said on stderr with when it gives up. The run starts once a URL answers
+(waiting up to `startup_timeout`); the others, and URLs added to `base_urls_file` later, are used once they
+answer. A URL that stops answering is avoided while another answers, and used again when it answers; when a
+request has spent its retries and no URL answers, the run stops with one line (the rows finished so far are on
+disk, and rerunning the command resumes). Any other failure of one request becomes an error completion, which
 `cai generate` stops on with one line, or with `--on-error skip` writes as an error row.
 
 Plain HTTP from the standard library, so this engine needs no extra. The API key is read from the
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -27,7 +31,16 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.engines import Completion, Conversation, GenParams
-from cai_kit.engines.servers import AllGone, Failed, NotJson, Rejected, Retryable, Servers, Unreachable
+from cai_kit.engines.servers import (
+    AllGone,
+    Failed,
+    NotJson,
+    Rejected,
+    Retryable,
+    Servers,
+    Unreachable,
+    read_url_file,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 # vllm's (and SGLang's) additions to the chat API. Servers that keep to OpenAI's schema strictly
@@ -44,10 +57,14 @@ def _finish(reason: str | None) -> str:
 
 
 class OpenAIEngine:
+    concurrent = True  # calls from many threads at once are welcome: cai generate pipelines rows through them
+
     def __init__(
         self,
         model: str,
-        base_urls: str | list[str] = DEFAULT_URL,
+        base_urls: str | list[str] | None = None,  # DEFAULT_URL, unless base_urls_file names the servers
+        base_urls_file: str | None = None,  # one URL per line, `#` comments; read again every 5 s during the run
+        startup_timeout: float = 60.0,  # how long to wait for the first server to answer
         served_model_name: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 16,
@@ -62,14 +79,22 @@ class OpenAIEngine:
         raw_prompt: bool = False,
     ):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or [])
-        problems = [f"engine 'openai': base URL {u!r} must start with http:// or https://"
-                    for u in urls if not str(u).startswith(("http://", "https://"))]
-        if not urls:
+        if base_urls is None and not base_urls_file:
+            urls = [DEFAULT_URL]
+        problems, listed = [], []
+        if base_urls_file:  # it may list no URL yet: servers that start with the run add theirs
+            try:
+                listed = read_url_file(base_urls_file)
+            except (OSError, UnicodeDecodeError) as err:
+                problems.append(f"engine 'openai': cannot read base_urls_file {base_urls_file} ({err})")
+        problems += [f"engine 'openai': base URL {u!r} must start with http:// or https://"
+                     for u in urls + listed if not str(u).startswith(("http://", "https://"))]
+        if not urls and not base_urls_file:
             problems.append("engine 'openai': give at least one --base-url")
         for name, value, low in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0)):
             if not isinstance(value, int) or value < low:
                 problems.append(f"engine 'openai': {name} must be an integer >= {low}, got {value!r}")
-        for name, seconds in (("timeout", timeout), ("backoff", backoff)):
+        for name, seconds in (("timeout", timeout), ("backoff", backoff), ("startup_timeout", startup_timeout)):
             if not isinstance(seconds, (int, float)) or seconds < 0 or (name == "timeout" and seconds == 0):
                 problems.append(f"engine 'openai': {name} must be a positive number of seconds, got {seconds!r}")
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -81,7 +106,9 @@ class OpenAIEngine:
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
-        self.servers = Servers(self.urls, self.api_key, self.timeout, retries, backoff)
+        self.startup_timeout = float(startup_timeout)
+        self.servers = Servers(self.urls, self.api_key, self.timeout, retries, backoff, max_concurrency,
+                               base_urls_file)
         self.tokenizer_source = tokenizer
         self.extra_body = dict(extra_body or {})
         self.trust_remote_code = trust_remote_code
@@ -98,49 +125,98 @@ class OpenAIEngine:
     # -- start-up checks: every problem with the servers as one line each, before any work --------
 
     def _check_servers(self) -> None:
-        problems, served = [], set()
-        for url in self.urls:
+        """Wait up to startup_timeout for a URL to answer /models; start with those that do. A refused key or a
+        model no server lists stops the run here, and so does no URL answering in time, each as one line."""
+        deadline, said = time.monotonic() + self.startup_timeout, False
+        while True:
+            self.servers.reread()
+            answers = self._ask_all(list(self.servers.urls))
+            refused = [line for line in answers.values() if line and "refused" in line]
+            if refused:
+                raise UsageError(refused)
+            answered = [url for url, line in answers.items() if line is None]
+            if answered or time.monotonic() >= deadline:
+                break
+            if not said:
+                print(f"openai engine: waiting up to {self.startup_timeout:g} s for a server to answer at "
+                      f"{', '.join(answers)}", file=sys.stderr)
+                said = True
+            time.sleep(1.0)
+        if not answered:
+            raise UsageError([line for line in answers.values() if line] or [
+                f"engine 'openai': {self.servers.url_file} lists no server URL (waited {self.startup_timeout:g} s)"])
+        served: set[str] = set()
+        for url in answered:
+            served |= self._served.get(url, set())
+        if self.model_name == "default":
+            listed = f"it serves: {', '.join(sorted(served))}" if served else "it lists no model"
+            raise UsageError(f"engine 'openai': pass --model as the server names it ({listed})")
+        if served and not self._serves(served):
+            raise UsageError(f"engine 'openai': the server does not serve {self.model_name!r}; "
+                             f"it serves: {', '.join(sorted(served))} (pass one as --model)")
+        self.servers.accept = self._other_model
+        self.servers.start_with(answered)
+        if len(answered) < len(answers):
+            print(f"openai engine: starting with {len(answered)} of {len(answers)} URLs; the others are used once "
+                  "they answer", file=sys.stderr)
+
+    def _ask_all(self, urls: list[str]) -> dict[str, str | None]:
+        """Each URL's problem as one line, or None where it answered /models (its model names in _served)."""
+        self._served: dict[str, set[str]] = {}
+
+        def ask(url: str) -> str | None:
             try:
                 listing = self.servers.send(url, "/models", None, timeout=min(self.timeout, 30.0))
-                served |= {str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)}
+                self._served[url] = {str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)}
             except Unreachable as err:
-                problems.append(f"engine 'openai': no server answers at {url} ({err}); start one first "
-                                "(e.g. `vllm serve MODEL`) or fix --base-url")
+                return (f"engine 'openai': no server answers at {url} ({err}); start one first "
+                        "(e.g. `vllm serve MODEL`) or fix --base-url")
             except Rejected as err:
                 if err.status in (401, 403):
                     key = f"the key in {self.api_key_env}" if self.api_key else f"no key ({self.api_key_env} is unset)"
-                    problems.append(f"engine 'openai': the server at {url} refused {key} (HTTP {err.status})")
+                    return f"engine 'openai': the server at {url} refused {key} (HTTP {err.status})"
                 # other answers (a server without /models) do not stop the run
             except NotJson:
                 pass  # nor does a /models that is not JSON: the requests themselves will say
             except Retryable as err:
-                problems.append(f"engine 'openai': the server at {url} is not ready ({err}); try again shortly")
-        if problems:
-            raise UsageError(problems)
-        if self.model_name == "default":
-            listed = f"it serves: {', '.join(sorted(served))}" if served else "it lists no model"
-            raise UsageError(f"engine 'openai': pass --model as the server names it ({listed})")
+                return f"engine 'openai': the server at {url} is not ready ({err}); try again shortly"
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(urls)))) as pool:
+            return dict(zip(urls, pool.map(ask, urls)))
+
+    def _serves(self, served: set[str]) -> bool:
         known = served | {name.removesuffix(":latest") for name in served}  # Ollama's implicit tag
-        if served and self.model_name not in known and not Path(self.model_name).is_dir():
-            raise UsageError(f"engine 'openai': the server does not serve {self.model_name!r}; "
-                             f"it serves: {', '.join(sorted(served))} (pass one as --model)")
+        return self.model_name in known or Path(self.model_name).is_dir()
+
+    def _other_model(self, listing: dict) -> str | None:
+        """Why a server that came up during the run is not used: it lists models, and not this one."""
+        served = {str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)}
+        if served and not self._serves(served):
+            return f"serves {', '.join(sorted(served))}, not {self.model_name!r}"
+        return None
 
     def _map(self, work: Callable[[int], Any], count: int, unit: str) -> list[Any]:
-        """Run `work(k)` for every k with up to max_concurrency in flight; results in input order."""
+        """Run `work(k)` for every k with up to max_concurrency in flight; results in input order. One item runs
+        in the calling thread (cai generate's pipeline calls with one conversation from many threads); a bar
+        shows only for calls that queue (more items than max_concurrency)."""
         from tqdm import tqdm
 
         results: list[Any] = [None] * count
-        bar = tqdm(total=count, unit=unit, leave=False, file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, count)))
+        bar = tqdm(total=count, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True,
+                   disable=not self.progress or count <= self.max_concurrency)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, count - 1)))
         try:
-            futures = {pool.submit(work, k): k for k in range(count)}
+            if count == 1:
+                results[0] = work(0)
+            futures = {pool.submit(work, k): k for k in range(count if count > 1 else 0)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update(1)
         except AllGone as err:
             raise UsageError(
-                f"engine 'openai': no server answers any more ({str(err) or ', '.join(self.urls)}); the rows finished "
-                "so far are kept: start the server(s) and rerun the same command to resume"
+                f"engine 'openai': no server answers any more ({str(err) or ', '.join(self.servers.urls)}); the rows "
+                "finished so far are kept: start the server(s) and rerun the same command to resume"
             ) from None
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -263,7 +339,7 @@ class OpenAIEngine:
             **self.extra_body,
         }
         cannot = (
-            f"engine 'openai': the server at {', '.join(self.urls)} cannot score log-probs (needs echo + "
+            f"engine 'openai': the server at {', '.join(self.servers.urls)} cannot score log-probs (needs echo + "
             "logprobs on /v1/completions, as `vllm serve` has); use --engine transformers or vllm for judging"
         )
         try:

@@ -101,6 +101,8 @@ def score_answers(path: str | Path, out: str | Path | None = None, suites: list[
     default_suite = suites[0] if suites and len(suites) == 1 else None
     rows = read_answer_rows(path, default_suite)
     out = Path(out or Path("runs") / f"eval-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():  # before any work, as run_lock says it for the other commands
+        raise UsageError(f"{out}: is a file, not a folder; give --out a folder")
     labelled = [{"suite": row.suite, "id": row.id, "category": row.category, "prompt": row.prompt,
                  "answer": row.answer} for row in rows]
     result_suites: dict[str, Any] = {}

@@ -126,7 +126,7 @@ def answer_prompts(role: str, spec: str, prompts: dict[str, list[PromptRow]], op
     pending = [(suite, row) for suite, rows in prompts.items() for row in rows
                if cached.get((suite, row.id), {}).get("prompt") != row.prompt]
     print(f"cai eval: {role} {spec}: {len(pending)} answers to write, "
-          f"{sum(len(r) for r in prompts.values()) - len(pending)} cached", file=sys.stderr)
+          f"{sum(len(r) for r in prompts.values()) - len(pending)} cached -> {path}", file=sys.stderr)
     if pending:
         engine = engine or _load_engine(spec, options)
         params = GenParams(max_new_tokens=options.max_new_tokens, temperature=0.0,

@@ -26,7 +26,8 @@ What each guard can tell, and how its reply maps to labels (`GuardVerdict.label`
 
 None of them has XSTest's partial refusal (Rottger et al. 2024). The label is the refusal where the guard tells
 one, else `harmful_compliance` or `not_harmful` (Llama Guard). A reply that does not follow the card's format is
-`unparsed`: it counts towards no rate, and how many there were is reported next to the rates.
+`unparsed`: it counts towards no rate, and how many there were is reported next to the rates. A request the guard's
+engine could not answer (after the openai engine's retries) is no reply at all: it stops the run, exit status 2.
 """
 
 from __future__ import annotations
@@ -171,12 +172,20 @@ def render_prompt(fmt: str, prompt: str, answer: str) -> str:
     return render(spec.template, exact=True, prompt=prompt, answer=answer, **dict(spec.variables))
 
 
+class GuardFailed(Exception):
+    """A request the guard's engine could not answer; its text says why."""
+
+
 def judge_answers(engine: Engine, fmt: str, pairs: list[tuple[str, str]]) -> list[GuardVerdict]:
-    """The guard's verdict on each (request, answer), greedy; a failed request is unparsed, never guessed."""
+    """The guard's verdict on each (request, answer), greedy. A failed request raises GuardFailed: its text
+    (an HTTP 500 page, a timeout) is not a reply, and counted as "unparsed" it would make a failed run look done."""
     spec = FORMATS[fmt]
     chats = [[{"role": "user", "content": render_prompt(fmt, p, a)}] for p, a in pairs]
     replies = engine.generate(chats, GenParams(max_new_tokens=spec.max_new_tokens, temperature=0.0))
-    return [GuardVerdict(r.text) if r.finish_reason == "error" else spec.parse(r.text) for r in replies]
+    failed = next((r for r in replies if r.finish_reason == "error"), None)
+    if failed is not None:
+        raise GuardFailed(failed.text or "no reason given")
+    return [spec.parse(r.text) for r in replies]
 
 
 # Engine options that belong to the model under test, not to the guard.
@@ -210,6 +219,10 @@ def judge_all(options: Any, rows: list[dict[str, Any]], engine: Engine | None = 
     guard = engine or load_guard(options)
     try:
         verdicts = dict(zip(unique, judge_answers(guard, fmt, unique), strict=True))
+    except GuardFailed as err:  # stops the run like a failed answer does; the cached answers are reused
+        raise UsageError(f"engine {options.engine!r}: a request of the safety judge {options.safety_judge} failed "
+                         f"({err}); no verdict was written and the answers are kept: fix the cause and rerun the "
+                         "same command (with the same --out) to resume") from None
     finally:
         if engine is None:
             guard.close()

@@ -9,6 +9,7 @@ discrimination, harmful refused minus everyday refused, with both rates beside i
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,11 @@ def headline_name(entry: dict[str, Any]) -> str:
 
 
 def _cell(text: str | None, width: int = 300) -> str:
+    """Prompt or answer text for a table cell: one line, cut to `width`, with `|` and HTML escaped (a prompt that
+    holds `<script>` or `<img onerror=...>` is shown as text, never run where report.md is rendered)."""
     text = " ".join((text or "").split())
     text = text if len(text) <= width else text[:width] + " ..."
-    return text.replace("|", "\\|")
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _examples(suite: str, details: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cai_kit.evaluation.report import markdown_table
@@ -25,6 +26,31 @@ PAIR_TEXT = {
     "question from the constitution's `judge` list (Bai et al. 2022, RL-CAI; Lee et al. 2023, RLAIF); "
     "`final` is the preferred answer, `initial` the least preferred, `score` the judge's preference for `final`.",
 }
+
+
+# A size in a model's name ("SmolLM2-360M-Instruct", "Qwen2.5-0.5B"): the cheap way to tell a small model.
+_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)([mb])(?![a-z])", re.IGNORECASE)
+SMALL_MODEL_PARAMETERS = 1e9
+
+
+def small_model_note(model: str, modes: Iterable[str]) -> str | None:
+    """One line for the end of a critique/revision run on the default model or one whose name gives a size under
+    1B parameters: what its critiques are worth and which command makes usable data (docs: Getting started,
+    what the quickstart's rows are worth). None for other runs and for models of unknown size."""
+    if "revision" not in modes:
+        return None
+    if model == "default":
+        name = "the default model (SmolLM2-135M-Instruct)"
+    else:
+        sizes = [float(n) * (1e6 if unit.lower() == "m" else 1e9) for n, unit in _SIZE.findall(model)]
+        if not sizes or sizes[-1] >= SMALL_MODEL_PARAMETERS:
+            return None
+        name = f"`{model}`, under 1B parameters,"
+    return (
+        f"{name[0].upper()}{name[1:]} cannot critique its own answers: its critiques are generic and its revisions "
+        "of ordinary answers mostly worse than the first answer, filtered or not; `--pairs contrast` makes better "
+        "pairs from it, as the shipped recipe does (`cai train zephyr_cai`)."
+    )
 
 
 def principle_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -102,7 +128,7 @@ def write_card(
         f"# {constitution.name}: self-critiqued and revised answers",
         "",
         *[PAIR_TEXT[mode] for mode in dict.fromkeys(options.pairs)],
-        *[f"\n**Note:** {note}" for note in notes],
+        *[f"\n**Note:** {note}" for note in [*notes, small_model_note(options.model, options.pairs)] if note],
         "",
         f"- model: `{options.model}` (licence: {licence})",
         f"- constitution: `{constitution.name}` ({options.constitution}), sha256 `{constitution.sha256}`",
@@ -115,7 +141,7 @@ def write_card(
         "",
         "| reason | rows |",
         "| --- | --- |",
-        *[f"| {reason} | {count} |" for reason, count in statuses.most_common()],
+        *[f"| {reason.replace('|', chr(92) + '|')} | {count} |" for reason, count in statuses.most_common()],
         "",
         "## Principles",
         "",
@@ -144,8 +170,12 @@ def write_card(
 
 def print_summary(folder: RunFolder, rows: list[dict[str, Any]], seconds: float) -> None:
     statuses = Counter(row["status"] for row in rows)
-    print(f"\n{'status':<16}{'rows':>6}", file=sys.stderr)
+    print(f"\n{'rows':>6}  status", file=sys.stderr)  # count first: a status is printed whole, however long
     for status, count in statuses.most_common():
-        print(f"{status[:16]:<16}{count:>6}", file=sys.stderr)
-    print(f"{'total':<16}{len(rows):>6}   ({seconds:.0f} s this run)", file=sys.stderr)
+        print(f"{count:>6}  {status}", file=sys.stderr)
+    print(f"{len(rows):>6}  total ({seconds:.0f} s this run)", file=sys.stderr)
     print(f"wrote {folder.path}/{{generations,sft,prefs}}.jsonl, README.md, manifest.json", file=sys.stderr)
+    models = {row["model"] for row in rows if "model" in row}
+    modes = {row.get("pair", "revision") for row in rows}
+    for note in filter(None, (small_model_note(model, modes) for model in sorted(models))):
+        print(f"cai generate: note: {note}", file=sys.stderr)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Collection, Sequence
 
+from cai_kit.core.constitution import Example
 from cai_kit.evaluation.refusal import is_refusal
+from cai_kit.evaluation.verdicts import topic_words
 
 # Openings that introduce a revision instead of being one; removed before any check.
 _PREAMBLE = re.compile(
@@ -28,8 +31,35 @@ _ARTEFACT = re.compile(
     r"|^\s*(?:this|the|your|my|that) (?:answer|response|reply|revision)\b",
     re.IGNORECASE,
 )
+# An opening that announces a rewrite instead of being one and that `clean_answer` left ("Here's a rewritten
+# version of the answer:", "Here is the revised response with a friendlier tone:"): what follows it is
+# commentary on the answer, not an answer.
+_REWRITE_START = re.compile(
+    r"^\W*(?:(?:sure|okay|ok|certainly|of course)\W+)?(?P<here>here(?:'s| is)\s+)?(?:(?:the|a|an|my|your)\s+)?"
+    r"(?:revised|rewritten|reworded|rephrased|edited|improved|corrected)\s+(?:version|response|answer|reply)\b"
+    r"(?P<rest>[^.!?\n]*)",
+    re.IGNORECASE,
+)
+# A request for a rewrite, whose answer may rightly open with "Here's a rewritten version:".
+_REWRITE_REQUEST = re.compile(
+    r"\b(?:re-?writ|revis|rephras|reword|edit|improv|polish|proofread|shorten)", re.IGNORECASE
+)
+_WORDS = re.compile(r"\w+(?:'\w+)?")
+# Where a refusal turns ("I can't help with X, but ..."), and what after the turn gives back what was refused.
+_PIVOT = re.compile(r",?\s+(?:but|however)\b|[.!?]\s", re.IGNORECASE)
+_HOW_TO = re.compile(
+    r"\b(?:(?:tell|show|teach|explain(?: to)?)\s+(?:you\s+)?how\s+to|i(?:'ve| have)\s+found\s+a\s+way"
+    r"|here(?:'s| is| are)\s+(?:how|the\s+steps|the\s+recipe|a\s+recipe)|step[- ]by[- ]step)\b",
+    re.IGNORECASE,
+)
+_OFFER = re.compile(
+    r"\b(?:i(?:'m| am) (?:here|happy|glad|able|ready) to|i(?:'d| would) (?:be happy|love) to|i can|i could|i'll"
+    r"|i will)\b",
+    re.IGNORECASE,
+)
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 UNCHANGED_SIMILARITY = 0.9
+COPIED_WORDS = 8  # this many consecutive words shared with one of the constitution's examples make a copy
 
 
 def clean_answer(text: str) -> str:
@@ -63,14 +93,91 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def is_artefact(final: str, prompt: str = "") -> bool:
+    """True when the answer talks about the exercise instead of answering: it names the critique or the revised
+    response, judges an answer ("This answer is ..."), or opens by announcing a rewrite ("Here's a rewritten
+    version of the answer:", "Revised answer:"). "Here's a rewritten version:" is kept when the prompt itself
+    asks for a rewrite, and a sentence such as "An improved version of the engine came out in 2020." always."""
+    if _ARTEFACT.search(final):
+        return True
+    start = _REWRITE_START.match(final)
+    if not start:
+        return False
+    rest = start.group("rest")
+    if re.search(r"\bof (?:the|your|my|this) (?:answer|response|reply)\b", rest, re.IGNORECASE):
+        return True
+    announces = bool(start.group("here")) or ":" in rest or rest.lstrip().startswith("-")
+    return announces and not _REWRITE_REQUEST.search(prompt)
+
+
+def copies_example(final: str, prompt: str, examples: Sequence[Example]) -> bool:
+    """True when a helping answer (no refusal in it) repeats COPIED_WORDS or more consecutive words of one of the
+    constitution's examples (its answer, critique or revision) and the prompt is not that example's own: the
+    few-shot text copied onto another question ("How do I start a compost bin?" answered with the example's
+    `kill -9`). Refusals are left alone: echoing an example's crisis line or redirect is what a refusal does."""
+    if not examples or is_refusal(final):
+        return False
+    mine = _ngrams(final)
+    return any(
+        mine & _ngrams(f"{example.answer}\n{example.critique}\n{example.revision}")
+        for example in examples
+        if normalise(example.prompt) != normalise(prompt)
+    )
+
+
+def off_topic(final: str, prompt: str, initial: str) -> bool:
+    """True when a helping answer (no refusal in it) shares no content word with the prompt while the rejected
+    answer does: the pair would teach the model to leave the subject (a birthday-party question answered with
+    a crime scene, chosen over an answer about parties). Refusals are left alone: they need not repeat the
+    request."""
+    topic = topic_words(prompt)
+    if not topic or is_refusal(final):
+        return False
+    return not any(_mentions(final, word) for word in topic) and any(_mentions(initial, word) for word in topic)
+
+
+def _mentions(text: str, stem: str) -> bool:
+    """Topic words are stems ("compost" from "composting"): a word of the text that starts with the stem counts."""
+    return bool(re.search(rf"\b{re.escape(stem)}", text, re.IGNORECASE))
+
+
+def takes_back(final: str, prompt: str = "") -> bool:
+    """True when a refusal goes on, after its "but" (or its first sentence), to offer what it refused: a how-to
+    ("I can't help with breaking the law, but I can tell you how to make ...", "... but I've found a way to access
+    their account"), or an offer that names two or more of the prompt's content words ("I can't help deceive
+    people, but I'm here to help you create a fake news website"). Narrower than `partial`, which also drops
+    refusals that go on to a safe alternative ("... but you can always visit a local vet clinic")."""
+    pivot = _PIVOT.search(final)
+    if not pivot or not is_refusal(final):
+        return False
+    tail = final[pivot.end() :]
+    if _HOW_TO.search(tail):
+        return True
+    return bool(_OFFER.search(tail)) and sum(_mentions(tail, word) for word in topic_words(prompt)) >= 2
+
+
+def _ngrams(text: str) -> set[tuple[str, ...]]:
+    words = _WORDS.findall(text.lower())
+    return {tuple(words[k : k + COPIED_WORDS]) for k in range(len(words) - COPIED_WORDS + 1)}
+
+
 def row_status(
-    final: str, initial: str, finish_reason: str, refusal_forbidden: bool, enabled: list[str], seen_finals: set[str]
+    final: str,
+    initial: str,
+    finish_reason: str,
+    refusal_forbidden: bool,
+    enabled: Collection[str],
+    seen_finals: set[str],
+    prompt: str = "",
+    examples: Sequence[Example] = (),
 ) -> str:
-    """ "ok", or the first enabled filter the row fails (the order is the order of checks below)."""
+    """ "ok", or the first enabled filter the row fails (the order is the order of checks below). `copied`
+    needs the constitution's `examples` and `off_topic` the `prompt`; without them they pass every row."""
     checks = [
         ("empty", lambda: not final.strip() or not initial.strip()),
         ("truncated", lambda: finish_reason == "length"),
-        ("artefact", lambda: bool(_ARTEFACT.search(final))),
+        ("artefact", lambda: is_artefact(final, prompt)),
+        ("copied", lambda: copies_example(final, prompt, examples)),
         (
             "unchanged",
             lambda: (
@@ -78,6 +185,8 @@ def row_status(
             ),
         ),
         ("refusal", lambda: refusal_forbidden and is_refusal(final)),
+        ("takes_back", lambda: takes_back(final, prompt)),
+        ("off_topic", lambda: off_topic(final, prompt, initial)),
         ("duplicate", lambda: normalise(final) in seen_finals),
     ]
     for name, failed in checks:
@@ -100,7 +209,7 @@ def candidate_score(
     """
     if not text.strip() or text.strip() == (opening or "").strip() or finish_reason == "length":
         return None
-    if _ARTEFACT.search(text):
+    if is_artefact(text):
         return None
     if wants_refusal is not None and is_refusal(text) != wants_refusal:
         return None

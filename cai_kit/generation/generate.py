@@ -2,7 +2,9 @@
 of Bai et al. 2022 in `loop.py`, contrast and judged pairs in `pairs.py`), resumable, with a data card.
 
 Rows are appended as soon as their chunk finishes, so a killed run loses at most one chunk, and a rerun on
-the same folder skips every finished id.
+the same folder skips every finished id. An engine that serves concurrent requests (the openai engine) gets
+chunks of one row from `batch_size` threads instead: each row goes on to its next step as soon as its last
+one returns, and is written as it finishes, so no request waits for a chunk's slowest one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from cai_kit.generation.failures import EngineFailed, StopOnError, stopped_messa
 from cai_kit.generation.filters import normalise, row_status
 from cai_kit.generation.lengths import check_lengths
 from cai_kit.generation.loop import critique_and_revise
-from cai_kit.generation.options import GenerateOptions, is_helping
+from cai_kit.generation.options import GenerateOptions, in_shard, is_helping
 from cai_kit.generation.rows import row_id
 from cai_kit.generation.run_folder import RunFolder, push_folder
 from cai_kit.judging.gate import gate_judge
@@ -91,13 +95,31 @@ def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOp
     if row["finish_reason"] == "error":  # the reason only: the answers of an error row are empty
         return f"error: {row.get('error') or 'the engine could not answer'}"[:300]
     if row.get("pair") == "judge":
-        status = row_status(row["final"], row["initial"], row["finish_reason"], False, options.filters, seen)
+        status = row_status(
+            row["final"],
+            row["initial"],
+            row["finish_reason"],
+            False,
+            options.filters,
+            seen,
+            row["prompt"],
+            constitution.examples,
+        )
         if status == "ok" and "low_margin" in options.filters and row["score"] - 0.5 < options.judge_margin:
             return "low_margin"
         return status
     principle = constitution.get(row["steps"][-1]["principle"])  # the principle that shaped `final`
     helping = is_helping(principle)
-    status = row_status(row["final"], row["initial"], row["finish_reason"], helping, options.filters, seen)
+    status = row_status(
+        row["final"],
+        row["initial"],
+        row["finish_reason"],
+        helping,
+        options.filters,
+        seen,
+        row["prompt"],
+        constitution.examples,
+    )
     if status == "ok" and row.get("pair") == "contrast" and "no_contrast" in options.filters:
         # A pair teaches something only when its two sides differ in the way the steering meant:
         # a harm principle's chosen side refuses and its rejected side does not; a helping one's the reverse.
@@ -158,6 +180,7 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
     _check(options)
     constitution = load_constitution(options.constitution)
     prompts = load_many(options.prompts, column=options.column, limit=options.limit or None)
+    prompts = [row for row in prompts if in_shard(row.id, options.shard)]
     if engine is None:  # a prompt or principle past the model's context stops here, not minutes into the run
         check_lengths(options, constitution, prompts)
     # Before the folder is touched: a judge that fails its check stops the run here, or falls back.
@@ -168,6 +191,41 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
     if options.push_to_hub:
         push_folder(folder.path, options.push_to_hub)
     return folder.path
+
+
+def _as_finished(
+    work: Callable[[str, list[PromptRow]], list[dict[str, Any]]],
+    chunks: Iterable[tuple[str, list[PromptRow]]],
+    in_progress: int,
+) -> Iterator[list[dict[str, Any]]]:
+    """`work(mode, chunk)` for every chunk from `in_progress` threads, yielding finished rows in the order they
+    finish (the caller writes them, from this one thread). After a failure no chunk is started; the ones in
+    progress finish and are yielded, then the first failure is raised."""
+    todo = iter(chunks)
+    pool = ThreadPoolExecutor(max_workers=in_progress, thread_name_prefix="cai-row")
+    running: set[Future] = set()
+    failure: BaseException | None = None
+    try:
+        for chunk in todo:
+            running.add(pool.submit(work, *chunk))
+            if len(running) == in_progress:
+                break
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            finished: list[dict[str, Any]] = []
+            for future in done:
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                else:
+                    finished += future.result()
+                    if failure is None and (following := next(todo, None)) is not None:
+                        running.add(pool.submit(work, *following))
+            if finished:
+                yield finished
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C, or the caller stopped: leave the rest
+    if failure is not None:
+        raise failure
 
 
 def _generate_into(
@@ -207,34 +265,39 @@ def _generate_into(
         seen = {normalise(row["final"]) for row in rows if row["status"] == "ok"}
         bar = tqdm(total=len(wanted), initial=len(wanted & done), unit="row", file=sys.stderr, dynamic_ncols=True)
         checked = StopOnError(engine) if options.on_error == "stop" else engine
-        for mode, mode_rows in pending:
-            for start in range(0, len(mode_rows), options.batch_size):
-                chunk = mode_rows[start : start + options.batch_size]
-                try:
-                    if mode == "judge":
-                        judge = judge or _judge_engine(options, engine)
-                        finished = pairs.judged_pairs(checked, constitution, chunk, options, judge)
-                    elif mode == "contrast":
-                        finished = pairs.contrast_pairs(checked, constitution, chunk, options)
-                    else:
-                        finished = critique_and_revise(checked, constitution, chunk, options)
-                    for row in finished:
-                        row["status"] = _status(row, constitution, options, seen)
-                        if row["status"] == "ok":
-                            seen.add(normalise(row["final"]))
-                    folder.append(finished)
-                except EngineFailed as err:  # the chunk in progress is dropped; the rows before it stay
-                    bar.close()
-                    raise UsageError(stopped_message(options.engine, str(err), len(rows), folder.path)) from None
-                except (UsageError, OSError):  # no server left, a full disk: the error gets a line of its own
-                    bar.close()
-                    raise
+        if "judge" in modes:
+            judge = judge or _judge_engine(options, engine)
+
+        def run_chunk(mode: str, chunk: list[PromptRow]) -> list[dict[str, Any]]:
+            if mode == "judge":
+                return pairs.judged_pairs(checked, constitution, chunk, options, judge)
+            if mode == "contrast":
+                return pairs.contrast_pairs(checked, constitution, chunk, options)
+            return critique_and_revise(checked, constitution, chunk, options)
+
+        if getattr(engine, "concurrent", False) and not options.lockstep:
+            chunks = [(mode, [row]) for mode, mode_rows in pending for row in mode_rows]
+            results = _as_finished(run_chunk, chunks, options.batch_size)
+        else:
+            chunks = [(mode, mode_rows[start : start + options.batch_size])
+                      for mode, mode_rows in pending for start in range(0, len(mode_rows), options.batch_size)]
+            results = (run_chunk(mode, chunk) for mode, chunk in chunks)
+        try:
+            for finished in results:
+                for row in finished:
+                    row["status"] = _status(row, constitution, options, seen)
+                    if row["status"] == "ok":
+                        seen.add(normalise(row["final"]))
+                folder.append(finished)
                 rows += finished
-                bar.update(len(chunk))
+                bar.update(len(finished))
                 tokens = getattr(engine, "generated_tokens", 0)
                 if tokens:
                     bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
-        bar.close()
+        except EngineFailed as err:  # the rows in progress are dropped; the rows before them stay
+            raise UsageError(stopped_message(options.engine, str(err), len(rows), folder.path)) from None
+        finally:  # no server left, a full disk: the error gets a line of its own
+            bar.close()
     write_card(folder, constitution, options, rows, notes)
     print_summary(folder, rows, time.perf_counter() - started)
     failed = sum(row["status"].startswith("error") for row in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -24,10 +25,25 @@ class RankRecord(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"rank": args.process_index, "world_size": args.world_size, "steps_here": self.steps,
-                  "global_step": state.global_step}
+                  "global_step": state.global_step, "trained_sha256": trained_digest(kwargs.get("model"))}
         (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(record) + "\n")
         if args.world_size > 1:
             log(f"{self.stage}: rank {args.process_index}/{args.world_size} ran {self.steps} steps")
+
+
+def trained_digest(model) -> str | None:
+    """sha256 of the trained parameters as this rank holds them: equal on every rank of a data-parallel run
+    (a rank that drifted from the others would show here). None where the parameters are sharded (ZeRO-3, FSDP)."""
+    if model is None:
+        return None
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            if getattr(parameter, "ds_id", None) is not None or parameter.numel() == 0:  # a shard, not the whole
+                return None
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class TrimMemory(TrainerCallback):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
 import time
 import zipfile
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from cai_kit.core.files import write_atomic
+from cai_kit.core.files import whole_safetensors, write_atomic
 
 MARKER = "cai-kit-saved.json"
 STATE = "trainer_state.json"
@@ -82,28 +81,9 @@ def _weights_problem(folder: Path) -> str | None:
     for name in names:
         if not (folder / name).is_file():
             return f"no {name}"
-        if not _whole_safetensors(folder / name):
+        if not whole_safetensors(folder / name):
             return f"{name} is cut short"
     return None
-
-
-def _whole_safetensors(path: Path) -> bool:
-    """A safetensors file holds an 8-byte header length, a JSON header with every tensor's byte range, then
-    the data: it is whole when the header parses and the file reaches the end of the last tensor."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            return False
-        (length,) = struct.unpack("<Q", head)
-        if length > size - 8:
-            return False
-        try:
-            header = json.loads(handle.read(length))
-        except (ValueError, UnicodeDecodeError):
-            return False
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    return size >= 8 + length + max(ends, default=0)
 
 
 def _whole_zip(path: Path) -> bool:

@@ -7,14 +7,16 @@ closest key), never a new key that nothing reads.
 from __future__ import annotations
 
 import copy
-import difflib
+import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from cai_kit.core.config_file import format_key_path
+from cai_kit.core.suggest import did_you_mean
 
 Parts = list[str | int]
 
@@ -32,8 +34,7 @@ def path_problem(schema: type[BaseModel], data: dict[str, Any], parts: Parts) ->
         here = format_key_path(tuple(parts[: depth + 1]))
         if isinstance(node_schema, type) and issubclass(node_schema, BaseModel):
             if not isinstance(part, str) or part not in node_schema.model_fields:
-                close = difflib.get_close_matches(str(part), list(node_schema.model_fields), n=1)
-                return f"unknown key {here}" + (f" (did you mean '{close[0]}'?)" if close else "")
+                return f"unknown key {here}{did_you_mean(part, node_schema.model_fields)}"
             node_schema = _unwrap(node_schema.model_fields[part].annotation)
         elif typing.get_origin(node_schema) is list:
             items = node if isinstance(node, list) else []
@@ -46,6 +47,23 @@ def path_problem(schema: type[BaseModel], data: dict[str, Any], parts: Parts) ->
             return ""  # inside a free-form mapping (trl, eval, engine_options): its owner checks the keys
         node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) else None  # type: ignore[index]
     return ""
+
+
+def blame_overrides(problems: list[str], path: str | Path, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Problems at a key path that a `--set` wrote start `--set key=value: ` instead of `file:line: `: the file
+    never held that value, and the line its map gives (a parent key's, or line 1) points at something unrelated."""
+    written = [(format_key_path(tuple(parse_key(o.partition("=")[0]))), o) for o in overrides if "=" in o]
+    at_line = re.compile(rf"{re.escape(str(path))}:\d+: ")
+    blamed = []
+    for problem in problems:
+        found = at_line.match(problem)
+        rest = problem[found.end() :] if found else ""
+        key = rest.split(": ", 1)[0]
+        # The last --set of a key is the one that took effect; one on a parent (`sft.lora={...}`) wrote it too.
+        owner = next((o for text, o in reversed(written) if key == text or key.startswith((f"{text}.", f"{text}["))),
+                     None)
+        blamed.append(f"--set {owner}: {rest}" if owner else problem)
+    return blamed
 
 
 def set_path(data: dict[str, Any], parts: Parts, value: Any) -> None:

@@ -26,7 +26,8 @@ from cai_kit.core.shipped import resolve_yaml
 from cai_kit.evaluation.options import RECIPE_OWNED as EVAL_OWNED
 from cai_kit.evaluation.options import EvalSettings
 from cai_kit.generation.options import GenerateOptions
-from cai_kit.training.overrides import parse_key, path_problem, round_data, set_path
+from cai_kit.training.accelerate_config import config_problems
+from cai_kit.training.overrides import blame_overrides, parse_key, path_problem, round_data, set_path
 from cai_kit.training.recipe_inputs import input_problems
 from cai_kit.training.trl_options import build_trl_config, precision_of
 
@@ -65,10 +66,14 @@ class TrainStage(BaseModel):
 class GenerateRun(GenerateOptions):
     """One `cai generate` run inside a recipe; `model` and `out` are set by the recipe."""
 
-    weight: float = Field(default=1.0, ge=0.0)  # share of this run's rows in training: 0.5 keeps half, 2 repeats them
-    # The share in SFT alone (default: weight). 0 keeps a run's chosen answers out of SFT, so only DPO,
-    # which also sees the rejected side, learns from them.
-    sft_weight: float | None = Field(default=None, ge=0.0)
+    weight: float = Field(
+        default=1.0, ge=0.0, description="Share of this run's rows in training: 0.5 keeps half, 2 repeats them."
+    )
+    # 0 lets only DPO, which also sees the rejected side, learn from a run's chosen answers.
+    sft_weight: float | None = Field(
+        default=None, ge=0.0, description="Share of this run's rows in SFT alone (unset: weight); 0 keeps them out "
+        "of SFT, so only DPO learns from them."
+    )
 
     @property
     def trains_nothing(self) -> bool:
@@ -115,8 +120,23 @@ class Recipe(BaseModel):
     sft: TrainStage = Field(default_factory=TrainStage)
     dpo: TrainStage = Field(default_factory=TrainStage)
     eval: EvalSettings | None = None  # `cai eval`'s options; the recipe sets the model, baseline and folder
-    processes: int = Field(default=1, ge=1)  # > 1: the training stages run under `accelerate launch`
-    accelerate_config: str | None = None  # an accelerate config file (DeepSpeed, FSDP); none: DDP
+    processes: int = Field(
+        default=1, ge=1, description="Training processes on each machine (one per GPU); more than one process "
+        "in all runs the training stages under `accelerate launch`.")
+    accelerate_config: str | None = Field(
+        default=None, description="An accelerate config file or shipped name (deepspeed_zero3, fsdp) for GPUs; "
+        "none: DDP (gloo ranks on a CPU).")
+    num_machines: int | None = Field(
+        default=None, ge=1, description="Machines that train together; default: $SLURM_NNODES, else 1. Generate "
+        "stages, data mixing and eval run on machine 0 only.")
+    machine_rank: int | None = Field(
+        default=None, ge=0, description="This machine's rank (0 runs generate and eval); default: $SLURM_NODEID "
+        "or $NODE_RANK. Usually given per machine: --set machine_rank=N.")
+    main_process_ip: str | None = Field(
+        default=None, description="Address of machine 0, where the ranks meet; default: $MASTER_ADDR.")
+    main_process_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port on machine 0 where the ranks meet; default: $MASTER_PORT, "
+        "else 29500 with several machines (a free port with one).")
     # Iterative self-alignment: round r > 1 regenerates the data with round r-1's model and trains that
     # model again, in output_dir/round-<r>, each round evaluated against the recipe's base model.
     rounds: int = Field(default=1, ge=1)
@@ -185,10 +205,15 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                                Path(output_dir))]
     # Files and engines are checked on the raw data, so they show even when the schema has problems too.
     problems += _file_problems(path, data, lines) + _engine_problems(path, data, lines)
+    problems += config_problems(path, data, lines)  # the accelerate config, read by accelerate's own parser
     problems += input_problems(path, data, lines)  # constitutions, prompt sets, data rows, models
     problems += _round_problems(path, data, lines, Path(output_dir))
+    out = Path(str(data.get("output_dir") or output_dir))  # the raw value: checked when the schema fails too
+    if out.exists() and not out.is_dir():
+        problems.append(f"{path}:{line_of(lines, ('output_dir',))}: output_dir: {out} is a file, not a folder; "
+                        "name a folder (new, or one to resume)")
     if problems or recipe is None:
-        raise UsageError(sorted(problems, key=_line_number))
+        raise UsageError(sorted(blame_overrides(problems, path, overrides), key=_line_number))
     recipe.output_dir = output_dir
     return recipe
 

@@ -13,8 +13,12 @@ on rerun; an interrupted trainer resumes from its newest complete `checkpoint-*`
     output_dir/model/                 the result: a plain HF folder with a model card and training curves
     output_dir/eval/                  the eval report of the result
 
-With `processes > 1` the training stages run under `accelerate launch`, each process running
+With more than one process (`processes` per machine x `num_machines`) the training stages run under
+`accelerate launch` (training/launch.py), each process running
 `python -m cai_kit.training.train --recipe output_dir/recipe.yaml --stage sft|dpo` (CPU: DDP over gloo).
+On several machines, one `cai train` per machine shares output_dir: machine 0 generates, mixes the data,
+merges the model and evaluates; the others wait for each stage's data, train their ranks, and wait for
+the stage's `.complete` marker, so a rerun of every machine resumes wherever the run stopped.
 """
 
 from __future__ import annotations
@@ -22,23 +26,21 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import shlex
 import shutil
-import socket
-import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError, disk_errors_in
 from cai_kit.core.files import write_atomic, write_jsonl
-from cai_kit.core.run_lock import run_lock
-from cai_kit.core.shipped import resolve_yaml
+from cai_kit.core.run_lock import LOCK_FILE, run_lock
 from cai_kit.training.callbacks import RankRecord, TrimMemory
 from cai_kit.training.checkpoints import SaveMarker, newest_complete
 from cai_kit.training.curves import BEHAVIOUR_PNG, write_behaviour, write_curves
 from cai_kit.training.data_mix import Source, describe, mix
 from cai_kit.training.generate_runs import MARKER, generate_stage, is_complete, mark_complete
+from cai_kit.training.launch import Machines, launch, machines, world_size
 from cai_kit.training.log import log
 from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
 from cai_kit.training.rounds import check_round_source, write_rounds_table
@@ -54,7 +56,10 @@ def run_train(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
     output_dir/round-<r> (Self-Rewarding and SPIN report most of their gain in the first 2-3 rounds).
     A finished round's stages are skipped on rerun, like any finished stage.
     """
-    with run_lock(recipe.out, "output_dir (or --set output_dir=...)"):  # one process per output folder
+    where = machines(recipe)
+    # One `cai train` per output folder and machine: machines > 0 share machine 0's folder, with locks of their own.
+    lock = LOCK_FILE if where.is_main else f".cai-kit.machine-{where.rank}.lock"
+    with run_lock(recipe.out, "output_dir (or --set output_dir=...)", name=lock):
         return _train_rounds(recipe, stages, callbacks)
 
 
@@ -63,14 +68,16 @@ def _train_rounds(recipe: Recipe, stages: list[str] | None, callbacks: list[Any]
         log(f"round 1 of {recipe.rounds}: training {recipe.model}; each later round trains the one before it again")
     final = run_round(recipe, stages, callbacks)
     rounds = [(1, recipe.out)]
+    main = machines(recipe).is_main
     for index in range(2, recipe.rounds + 1):
-        if not (final / "config.json").is_file():
+        if main and not (final / "config.json").is_file():
             raise UsageError(f"rounds: round {index} starts from round {index - 1}'s model, and it has none yet")
         later = recipe.for_round(index, str(final))
         changes = recipe.round_changes(index)
         log(f"round {index} of {recipe.rounds}: generating with {final}"
             + (f"; round_overrides: {', '.join(changes)}" if changes else ""))
-        check_round_source(later.out, final)
+        if main:
+            check_round_source(later.out, final)
         final = run_round(later, stages, callbacks)
         rounds.append((index, later.out))
     if recipe.rounds > 1:
@@ -81,6 +88,9 @@ def _train_rounds(recipe: Recipe, stages: list[str] | None, callbacks: list[Any]
 def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
     """One pass of the recipe's stages (or `stages`); return the final model folder (or output_dir)."""
     chosen = [stage for stage in STAGES if stage in (stages or recipe.stages)]
+    where = machines(recipe)
+    if not where.is_main:
+        return _train_beside_machine_0(recipe, [stage for stage in chosen if stage in ("sft", "dpo")], where)
     if {"generate", "sft", "dpo"} & set(chosen):
         from cai_kit.licensing.licence_guard import check_recipe
 
@@ -105,18 +115,45 @@ def run_round(recipe: Recipe, stages: list[str] | None = None, callbacks: list[A
     return final
 
 
+def _train_beside_machine_0(recipe: Recipe, stages: list[str], where: Machines) -> Path:
+    """Machine `where.rank` > 0: train its ranks of each stage machine 0 trains; the rest is machine 0's work."""
+    log(f"machine {where.rank} of {where.count}: training stages {', '.join(stages) or 'none'} beside machine 0 "
+        f"({where.address}:{where.port}); generate, data mixing and eval run there")
+    for stage in stages:
+        if getattr(recipe, stage).enabled:
+            train_stage(recipe, stage)
+    return recipe.out / "model"
+
+
+def wait_for(path: Path, what: str, every: float = 60.0) -> None:
+    """Block until `path` exists (written by machine 0 on the shared output folder), saying so now and then."""
+    started = last = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - last >= every:
+            log(f"still waiting for machine 0 ({what}, {time.monotonic() - started:.0f} s): {path}")
+            last = time.monotonic()
+        time.sleep(1.0)
+
+
 def train_stage(recipe: Recipe, stage: str, callbacks: list[Any] | None = None) -> None:
     folder = recipe.out / stage
     if is_complete(folder):
         log(f"{stage}: complete, skipped (delete {folder} to train it again)")
         return
     log(f"{stage}: precision {stage_precision(recipe, stage)}")
+    where = machines(recipe)
     with disk_errors_in(folder):  # a full disk while saving data or a checkpoint: one line naming the folder
-        prepare_data(recipe, stage)
-        if recipe.processes > 1:
-            launch(recipe, stage)
+        if where.is_main:
+            prepare_data(recipe, stage)
+        else:
+            log(f"{stage}: waiting for machine 0 to mix the data")
+            wait_for(folder / "data" / "counts.json", f"{stage}: the data")
+        if world_size(recipe, where) > 1:
+            launch(recipe, stage, where)
         else:
             fit(recipe, stage, callbacks)
+    if not where.is_main:
+        wait_for(folder / MARKER, f"{stage}: merging and saving the model")
     if not is_complete(folder):
         raise UsageError(f"{stage}: training ended without a model in {folder / 'model'}; see the log above")
 
@@ -255,29 +292,6 @@ def merge_adapter(base: str, adapter: Path, target: Path, dtype: Any, trust_remo
     AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code).save_pretrained(staged)
     shutil.rmtree(target, ignore_errors=True)
     staged.rename(target)
-
-
-def launch(recipe: Recipe, stage: str) -> None:
-    """Run `fit` for a stage in `recipe.processes` processes through `accelerate launch`."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(recipe.processes),
-               "--num_machines", "1", "--main_process_port", str(_free_port())]
-    if recipe.accelerate_config:
-        command += ["--config_file", str(resolve_yaml(recipe.accelerate_config, ("accelerate config",)))]
-    else:
-        # accelerate reaches torchrun through --multi_gpu; on a host without GPUs the trainer's
-        # `use_cpu` turns each process into a CPU rank, and the ranks talk over gloo.
-        command += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["-m", "cai_kit.training.train", "--recipe", str(recipe.out / "recipe.yaml"), "--stage", stage]
-    log(f"{stage}: {recipe.processes} processes: {shlex.join(command)}")
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise UsageError(f"{stage}: `accelerate launch` failed (exit status {result.returncode}); see the log above")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def final_model(recipe: Recipe) -> Path | None:

@@ -5,7 +5,6 @@ an hour into a run. `bf16: auto` (or no `bf16`) is resolved here from the hardwa
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from cai_kit.core.config_file import KeyPath
 from cai_kit.core.precision import Precision, training_precision
+from cai_kit.core.suggest import did_you_mean
 
 # TRL and transformers options that went away, with what replaced them; difflib cannot guess these.
 RENAMED = {
@@ -65,9 +65,7 @@ def build_trl_config(stage: str, given: dict[str, Any], seed: int, trust_remote_
         if key == "output_dir":
             problems.append((key_path, f"set by cai-kit ({out / stage / 'checkpoints'}); set output_dir instead"))
         elif key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.7)
-            hint = (f" (renamed: use {RENAMED[key]})" if key in RENAMED
-                    else f" (did you mean '{close[0]}'?)" if close else "")
+            hint = f" (renamed: use {RENAMED[key]})" if key in RENAMED else did_you_mean(key, sorted(fields), 0.7)
             problems.append((key_path, f"not an option of trl.{config_class.__name__}{hint}"))
         else:
             # Dataclasses do not check types, and YAML reads `2e-5` as a string: coerce here, or TRL
