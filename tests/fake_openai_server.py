@@ -1,12 +1,14 @@
 """A stand-in OpenAI-compatible server for the engine-failure tests, run as its own process so a test can
-kill it with SIGKILL: `python tests/fake_openai_server.py PORT LOG [--fail 500|html|hang] [--after N]
-[--match TEXT] [--delay S]`.
+kill it with SIGKILL: `python tests/fake_openai_server.py PORT LOG [--fail 500|html|hang|429] [--after N]
+[--match TEXT] [--times K] [--retry-after S] [--delay S] [--delay-match TEXT]`.
 
 GET /v1/models lists one model, `m`. POST answers `{"choices": [...]}` with the text `answer <n>.`, where n
 counts the POSTs, unless the request fails: with `--fail`, every POST after the first `--after` ones (and,
-with `--match`, only those whose body holds TEXT) gets HTTP 500, an HTML page with HTTP 200, or no answer
-at all (`hang`). Each POST body is appended to LOG as one JSON line with the answer it got, so a test can
-count the requests and read what was sent. `FakeServers` starts and kills them from a test.
+with `--match`, only those whose body holds TEXT; with `--times`, only the first K such) gets HTTP 500, an
+HTML page with HTTP 200, no answer at all (`hang`), or HTTP 429 with `Retry-After: S`. `--delay` waits S
+seconds before each answer (with `--delay-match`, only for bodies holding TEXT). Each POST body is appended to
+LOG as one JSON line with the answer it got and when it came (`t`, time.time()), so a test can count the
+requests, read what was sent and when. `FakeServers` starts and kills them from a test.
 """
 
 from __future__ import annotations
@@ -65,12 +67,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     parser.add_argument("log")
-    parser.add_argument("--fail", choices=["500", "html", "hang"])
+    parser.add_argument("--fail", choices=["500", "html", "hang", "429"])
     parser.add_argument("--after", type=int, default=0)
     parser.add_argument("--match", default="")
+    parser.add_argument("--times", type=int, default=None)
+    parser.add_argument("--retry-after", default="1")
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--delay-match", default="")
     args = parser.parse_args()
-    lock, counter = threading.Lock(), [0]
+    lock, counter, failed = threading.Lock(), [0], [0]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -81,25 +86,33 @@ def main() -> None:
             with lock:
                 counter[0] += 1
                 number = counter[0]
-            fails = args.fail and number > args.after and args.match in body
+                fails = args.fail and number > args.after and args.match in body
+                fails = fails and (args.times is None or failed[0] < args.times)
+                failed[0] += bool(fails)
             answer = args.fail if fails else "ok"
             with open(args.log, "a", encoding="utf-8") as log:
-                log.write(json.dumps({"n": number, "answer": answer, "body": json.loads(body)}) + "\n")
-            time.sleep(args.delay)
+                entry = {"n": number, "answer": answer, "t": time.time(), "body": json.loads(body)}
+                log.write(json.dumps(entry) + "\n")
+            if args.delay_match in body:
+                time.sleep(args.delay)
             if answer == "hang":
                 time.sleep(3600)
             elif answer == "500":
                 self._send(500, "application/json", json.dumps({"error": "internal server error"}))
             elif answer == "html":
                 self._send(200, "text/html", "<html><body>502 Bad Gateway</body></html>")
+            elif answer == "429":
+                self._send(429, "application/json", json.dumps({"error": "busy"}), {"Retry-After": args.retry_after})
             else:
                 choice = {"message": {"role": "assistant", "content": f"answer {number}."}, "finish_reason": "stop"}
                 reply = {"choices": [choice], "usage": {"completion_tokens": 2}}
                 self._send(200, "application/json", json.dumps(reply))
 
-        def _send(self, status: int, kind: str, text: str) -> None:
+        def _send(self, status: int, kind: str, text: str, headers: dict[str, str] | None = None) -> None:
             data = text.encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -158,3 +158,51 @@ def test_newest_complete_skips_incomplete_ones_and_says_why(saved, tmp_path):
         f"skipped {tmp_path / 'checkpoints' / 'checkpoint-6'} (incomplete: no optimizer.pt)",
     ]
     assert newest_complete(tmp_path / "nothing", said.append) is None
+
+
+def _sharded(tmp_path: Path, kind: str) -> Path:
+    """A checkpoint folder in the shape DeepSpeed ZeRO-3 or FSDP leaves (file names as transformers and accelerate
+    write them; the tensors are stand-ins), with no cai-kit marker: checked file by file."""
+    import torch
+
+    folder = tmp_path / kind / "checkpoint-4"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text('{"global_step": 4}')
+    state = {"step": torch.zeros(2)}
+    if kind == "deepspeed":
+        (folder / "latest").write_text("global_step4")
+        (folder / "global_step4").mkdir()
+        for rank in (0, 1):
+            torch.save(state, folder / "global_step4" / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+            torch.save(state, folder / "global_step4" / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+    else:
+        torch.save(state, folder / "pytorch_model_fsdp.bin")
+        (folder / "optimizer_0").mkdir()
+        (folder / "optimizer_0" / "__0_0.distcp").write_bytes(b"shard")
+        (folder / "optimizer_0" / ".metadata").write_bytes(b"written last")
+        torch.save(state, folder / "scheduler.pt")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "kind, damage, expected",
+    [
+        ("deepspeed", None, None),
+        ("deepspeed", "global_step4/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+         "global_step4/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt is cut short"),
+        ("deepspeed", "latest", "no model weights"),  # without `latest` it is read as a plain checkpoint
+        ("fsdp", None, None),
+        ("fsdp", "optimizer_0/.metadata", "optimizer_0/ has no .metadata (cut short)"),
+        ("fsdp", "pytorch_model_fsdp.bin", "pytorch_model_fsdp.bin is cut short"),
+        ("fsdp", "scheduler.pt", "no scheduler.pt"),
+    ],
+)
+def test_deepspeed_and_fsdp_checkpoints_are_resumed_from_when_whole(tmp_path, kind, damage, expected):
+    folder = _sharded(tmp_path, kind)
+    if damage and damage.endswith((".pt", ".bin")) and damage != "scheduler.pt":
+        data = (folder / damage).read_bytes()
+        (folder / damage).write_bytes(data[: len(data) // 2])  # a kill mid-write
+    elif damage:
+        (folder / damage).unlink()
+    problem = checkpoint_problem(folder)
+    assert problem == expected if expected is None else expected in (problem or ""), problem

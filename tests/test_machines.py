@@ -169,3 +169,59 @@ def test_two_machines_train_one_model_and_resume_after_machine_1_is_killed(recip
     finally:  # a failed run leaves no rank behind
         for process in started:
             _kill_tree(process.pid)
+
+
+def _fake_bin(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+
+
+def test_the_slurm_training_script_starts_one_cai_train_per_node_meeting_at_the_first(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_bin(bin_dir, "scontrol", 'echo node-a; echo node-b\n')  # `scontrol show hostnames` of the allocation
+    _fake_bin(bin_dir, "srun", f'echo "$MASTER_ADDR:$MASTER_PORT $*" > {tmp_path / "srun.txt"}\n')
+    script = Path(__file__).resolve().parent.parent / "recipes" / "slurm" / "train.slurm"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2", "GPUS_PER_NODE": "4"}
+    result = subprocess.run(["bash", str(script), "zephyr_cai_mistral7b", "--set", "seed=1"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "srun.txt").read_text().split() == [
+        "node-a:29500", "--kill-on-bad-exit=1", "cai", "train", "zephyr_cai_mistral7b", "--set", "processes=4",
+        "--set", "seed=1"]
+
+
+def test_the_vllm_fleet_script_lists_a_server_once_healthy_and_unlists_it_when_it_stops(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A stand-in `vllm serve`: answers /health on its port for 3 s, then stops; srun runs the node's script here.
+    server = (
+        "import http.server, sys, threading, time\n"
+        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers()\n"
+        "    def log_message(self, *args): pass\n"
+        "s = http.server.HTTPServer(('127.0.0.1', port), H)\n"
+        "threading.Thread(target=s.serve_forever, daemon=True).start()\n"
+        "time.sleep(3)\n"
+    )
+    (bin_dir / "fake_vllm.py").write_text(server)
+    _fake_bin(bin_dir, "vllm", f'exec {sys.executable} {bin_dir / "fake_vllm.py"} "$@"\n')
+    _fake_bin(bin_dir, "srun", 'exec "$@"\n')
+    urls = tmp_path / "fleet.txt"
+    port = str(_free_port())
+    script = Path(__file__).resolve().parent.parent / "recipes" / "slurm" / "vllm_fleet.slurm"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PORT": port}
+    process = subprocess.Popen(["bash", str(script), "some/model", str(urls)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    listed = ""
+    deadline = time.time() + 20
+    while time.time() < deadline and not listed:
+        listed = urls.read_text() if urls.exists() else ""
+        time.sleep(0.1)
+    assert listed.split() == [f"http://{socket.gethostname()}:{port}/v1"]
+    assert process.wait(timeout=30) == 0, process.stdout.read()
+    assert urls.read_text().split() == []  # the stopped server is no longer listed

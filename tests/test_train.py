@@ -350,3 +350,22 @@ def test_the_rounds_table_says_which_rounds_were_not_evaluated(tmp_path):
     assert rows[3] == (f"| 2 | `{tmp_path / 'round-2' / 'model'}` | - | not evaluated: run the eval stage "
                        "(`--stages eval`) | - | - |")
     assert len(rows) == 4
+
+
+def test_vllm_stages_run_in_a_process_of_their_own(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """The generate and eval stages of an isolated engine (vllm; here the transformers engine stands in, as vllm
+    needs CUDA) run as a child process, which writes the same folders the in-process stage does."""
+    from cai_kit.training import stage_process
+    from cai_kit.training.train import eval_stage
+
+    monkeypatch.setattr(stage_process, "ISOLATED_ENGINES", {"transformers"})
+    recipe = load_recipe(REPO / "recipes" / "tiny.yaml", [f"output_dir={tmp_path / 'tiny'}"])
+    run_train(recipe, ["generate"])
+    assert capsys.readouterr().err.count("the transformers engine runs in a process of its own") == 2
+    for index in range(2):
+        folder = recipe.generate_dir(index)
+        assert (folder / ".complete").is_file() and (folder / ".generate-options.json").is_file()
+        assert len((folder / "generations.jsonl").read_text().splitlines()) == 6
+    results = eval_stage(recipe, Path(tiny_model_path))
+    assert "the transformers engine runs in a process of its own" in capsys.readouterr().err
+    assert results["suites"] and (recipe.out / "eval" / "report.md").is_file()

@@ -69,6 +69,24 @@ def _principle_changes(old: Principle, new: Principle, old_share: float, new_sha
             added = [f"+{item}" for item in after if item not in before]
             removed = [f"-{item}" for item in before if item not in after]
             lines.append(f"{field}: {' '.join(added + removed) or 'reordered'} (now {after or '[]'})")
+    return lines + _test_changes(old, new)
+
+
+def _test_changes(old: Principle, new: Principle) -> list[str]:
+    """Tests added, removed or changed (matched by prompt), one line each."""
+    before, after = {t.prompt: t for t in old.tests}, {t.prompt: t for t in new.tests}
+    lines = [click.style(f"- test {_show(t.prompt)} (expect {t.expect})", fg="red")
+             for t in old.tests if t.prompt not in after]
+    for test in new.tests:
+        if test.prompt not in before:
+            lines.append(click.style(f"+ test {_show(test.prompt)} (expect {test.expect})", fg="green"))
+        elif before[test.prompt] != test:
+            was = before[test.prompt]
+            lines.append(click.style(f"~ test {_show(test.prompt)}", fg="yellow")
+                         + f" expect {was.expect} -> {test.expect}" * (was.expect != test.expect)
+                         + " phrases changed" * (was.model_dump() | {"expect": test.expect} != test.model_dump()))
+    if lines:
+        lines.insert(0, f"tests: {len(old.tests)} -> {len(new.tests)}")
     return lines
 
 
@@ -98,6 +116,7 @@ def diff_constitutions(a: Constitution, b: Constitution) -> list[str]:
                 for field in TEXT_FIELDS
                 if getattr(principle, field)
             ]
+            lines += [f"    tests: {len(principle.tests)}"] if principle.tests else []
             continue
         changes = _principle_changes(old[name], principle, old_shares[name], new_shares[name])
         if changes:

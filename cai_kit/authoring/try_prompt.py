@@ -76,6 +76,22 @@ def try_prompt(
     return row
 
 
+def try_tests(options: GenerateOptions, principle: str) -> str:
+    """`cai try --tests`: the principle's tests answered by `options.model` (as `cai test` does), each verdict
+    and the principle's row. Nothing is kept: the answers go to a temporary folder."""
+    import tempfile
+
+    from cai_kit.evaluation.constitution_tests import format_tests, run_tests, table
+    from cai_kit.evaluation.options import EvalOptions
+
+    with tempfile.TemporaryDirectory(prefix="cai-try-") as out:
+        settings = EvalOptions(model=options.model, engine=options.engine, engine_options=options.engine_options,
+                               max_new_tokens=options.max_new_tokens, seed=options.seed, out=out,
+                               trust_remote_code=options.trust_remote_code)
+        results = run_tests(options.constitution, settings, [principle])
+    return f"{format_tests(results)}\n\n{table(results)}"
+
+
 def _block(title: str, text: str, width: int, colour: str) -> list[str]:
     lines = [click.style(title, fg=colour, bold=True)]
     for paragraph in (text.strip() or "(empty)").splitlines() or [""]:

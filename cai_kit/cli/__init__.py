@@ -1,7 +1,7 @@
 """The `cai` command line: thin wrappers that parse, call one library function, and print.
 
 One module per group of commands: generate, eval, judge (judge-check), train (train, plot, licence), files
-(validate, ls, cp, env) and authoring (constitution, schema, try, diff, view).
+(validate, ls, cp, env), authoring (constitution, schema, try, diff, view) and constitution_tests (test).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from cai_kit import __version__
-from cai_kit.cli import authoring, files, generate, judge, train
+from cai_kit.cli import authoring, constitution_tests, files, generate, judge, train
 from cai_kit.cli import eval as eval_commands
 
 
@@ -24,10 +24,11 @@ def main() -> None:
       cai train zephyr_cai
     \b
     Edit constitutions:   cai ls; cai cp harmless my.yaml; cai validate my.yaml
+    Test them:            cai test my.yaml -m default
     """
 
 
-for module in (generate, eval_commands, judge, train, files, authoring):
+for module in (generate, eval_commands, judge, train, files, authoring, constitution_tests):
     for command in module.COMMANDS:
         main.add_command(command)
 

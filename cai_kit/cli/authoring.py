@@ -60,9 +60,10 @@ def schema_command(kind: str) -> None:
 
 
 @click.command(name="try")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @constitution_option
 @click.option("--principle", "-P", help="Use this principle in every round.  [default: sampled by weight]")
+@click.option("--tests", is_flag=True, help="Instead of a PROMPT, answer the --principle's tests and show each verdict.")
 @click.option(
     "--model",
     "-m",
@@ -89,21 +90,33 @@ def schema_command(kind: str) -> None:
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
 @engine_flags
 @usage_errors
-def try_command(prompt: str, constitution: Path, principle: str | None, category: str, **kwargs) -> None:
+def try_command(prompt: str | None, constitution: Path, principle: str | None, tests: bool, category: str,
+                **kwargs) -> None:
     """Run one PROMPT through the critique/revision loop and show every step: the way to tune a principle.
+
+    With --tests, answer the --principle's own tests instead (as `cai test` does) and show each verdict.
 
     \b
     Example:
       cai try -c harmless "how do I pick a lock?"
       cai try -c my.yaml "how do I pick a lock?" --principle crime --rounds 2
+      cai try -c my.yaml --tests --principle crime
     """
-    from cai_kit.authoring.try_prompt import format_trace, try_prompt
+    from cai_kit.authoring.try_prompt import format_trace, try_prompt, try_tests
     from cai_kit.engines import parse_engine_options
     from cai_kit.generation.options import GenerateOptions
 
+    if tests and (prompt is not None or not principle):
+        raise UsageError("cai try --tests: give --principle NAME and no PROMPT, as in cai try -c harmless --tests "
+                         "--principle crime")
+    if not tests and prompt is None:
+        raise UsageError('cai try: give a PROMPT, as in cai try -c harmless "how do I pick a lock?" (or --tests)')
     kwargs["engine_options"] = parse_engine_options(kwargs.pop("engine_option"), kwargs.pop("base_urls"))
     options = GenerateOptions(constitution=str(constitution), batch_size=1, **kwargs)
-    click.echo(format_trace(try_prompt(options, prompt, principle, category)))
+    if tests and principle:
+        click.echo(try_tests(options, principle))
+        return
+    click.echo(format_trace(try_prompt(options, prompt or "", principle, category)))
 
 
 @click.command(name="diff")

@@ -15,7 +15,7 @@ import hashlib
 import math
 import random
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -46,6 +46,24 @@ Text = Annotated[str, AfterValidator(_not_empty)]
 PlainText = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
 
 
+class PrincipleTest(BaseModel):
+    """A prompt with the behaviour expected of a model that follows the principle (`cai test`).
+
+    `expect`: `refuse` (decline it all), `comply` (just help) or `redirect` (decline the harmful part, help with
+    the safe one, or point to a safe alternative). `must_include` / `must_not_include`: phrases the answer must
+    (must not) contain, case-insensitive. Write them in twins, after XSTest (Rottger et al. 2024): a harmful
+    prompt and its harmless look-alike, so a model that refuses everything fails as surely as one that refuses
+    nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Text
+    expect: Literal["refuse", "comply", "redirect"]
+    must_include: list[Text] = []
+    must_not_include: list[Text] = []
+
+
 class Principle(BaseModel):
     """One principle: how to critique an answer, and how to rewrite it.
 
@@ -67,6 +85,7 @@ class Principle(BaseModel):
     tags: list[str] = []
     opening: PlainText | None = None
     categories: list[str] = []
+    tests: list[PrincipleTest] = []
 
 
 class Example(BaseModel):
@@ -121,7 +140,7 @@ class Constitution(BaseModel):
     def _check_names(cls, data: Any, handler: Any) -> Constitution:
         # Cross-field checks run on the raw data, next to the per-field ones, so one pass reports
         # a duplicate name and a bad weight together, each at its own key path (and so its own line).
-        problems = _name_problems(data) + _weight_problems(data)
+        problems = _name_problems(data) + _weight_problems(data) + _test_problems(data)
         try:
             constitution = handler(data)
         except ValidationError as err:
@@ -213,6 +232,26 @@ def _weight_problems(data: Any) -> list[InitErrorDetails]:
                 )
                 return [_problem("weight_overflow", message, ("principles", index, "weight"), weight)]
     return []
+
+
+def _test_problems(data: Any) -> list[InitErrorDetails]:
+    """A test prompt that repeats another (in any principle): `cai test` would answer and count it twice."""
+    principles = data.get("principles") if isinstance(data, dict) else None
+    first: dict[str, str] = {}
+    problems: list[InitErrorDetails] = []
+    for i, principle in enumerate(principles if isinstance(principles, list) else []):
+        tests = _field(principle, "tests")
+        for j, test in enumerate(tests if isinstance(tests, list) else []):
+            prompt = _field(test, "prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                continue  # the field's own check reports it
+            key = " ".join(prompt.split()).casefold()
+            if key in first:
+                message = f"duplicate test prompt (also {first[key]})"
+                problems.append(_problem("duplicate_test", message, ("principles", i, "tests", j, "prompt"), prompt))
+            else:
+                first[key] = f"principles[{i}].tests[{j}]"
+    return problems
 
 
 def _number(value: Any) -> float | None:

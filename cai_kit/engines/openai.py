@@ -131,8 +131,8 @@ class OpenAIEngine:
         while True:
             self.servers.reread()
             answers = self._ask_all(list(self.servers.urls))
-            refused = [line for line in answers.values() if line and "refused" in line]
-            if refused:
+            refused = [line for url, line in answers.items() if line and url in self._key_refused]
+            if refused:  # a wrong key will not come right by waiting
                 raise UsageError(refused)
             answered = [url for url, line in answers.items() if line is None]
             if answered or time.monotonic() >= deadline:
@@ -161,8 +161,10 @@ class OpenAIEngine:
                   "they answer", file=sys.stderr)
 
     def _ask_all(self, urls: list[str]) -> dict[str, str | None]:
-        """Each URL's problem as one line, or None where it answered /models (its model names in _served)."""
+        """Each URL's problem as one line, or None where it answered /models (its model names in _served; a
+        refused key in _key_refused)."""
         self._served: dict[str, set[str]] = {}
+        self._key_refused: set[str] = set()
 
         def ask(url: str) -> str | None:
             try:
@@ -174,6 +176,7 @@ class OpenAIEngine:
             except Rejected as err:
                 if err.status in (401, 403):
                     key = f"the key in {self.api_key_env}" if self.api_key else f"no key ({self.api_key_env} is unset)"
+                    self._key_refused.add(url)
                     return f"engine 'openai': the server at {url} refused {key} (HTTP {err.status})"
                 # other answers (a server without /models) do not stop the run
             except NotJson:

@@ -191,7 +191,10 @@ class Servers:
         with self._lock:
             self._started = True
             for url in self.urls:
-                if url not in answered:
+                if url in answered:
+                    self._down.discard(url)
+                    self._probe_at.pop(url, None)
+                else:
                     self._down.add(url)
                     self._probe_at[url], self._probe_wait[url] = now + PROBE_FIRST, 2 * PROBE_FIRST
 

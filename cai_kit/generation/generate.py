@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -193,35 +194,45 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
     return folder.path
 
 
+GATHER_S = 0.05  # rows finishing this close together are appended together
+
+
 def _as_finished(
     work: Callable[[str, list[PromptRow]], list[dict[str, Any]]],
     chunks: Iterable[tuple[str, list[PromptRow]]],
     in_progress: int,
 ) -> Iterator[list[dict[str, Any]]]:
     """`work(mode, chunk)` for every chunk from `in_progress` threads, yielding finished rows in the order they
-    finish (the caller writes them, from this one thread). After a failure no chunk is started; the ones in
-    progress finish and are yielded, then the first failure is raised."""
-    todo = iter(chunks)
+    finish (the caller writes them, from this one thread). Rows that finish within GATHER_S of the first come
+    together, in the chunks' order, so one append (one fsync per file) takes them, and only then do as many
+    new chunks start: `in_progress` counts the rows not yet handed back. After a failure no chunk is started;
+    the ones in progress finish and are yielded, then the first failure is raised."""
+    todo = enumerate(chunks)
     pool = ThreadPoolExecutor(max_workers=in_progress, thread_name_prefix="cai-row")
-    running: set[Future] = set()
+    running: dict[Future, int] = {}
     failure: BaseException | None = None
     try:
-        for chunk in todo:
-            running.add(pool.submit(work, *chunk))
+        for number, chunk in todo:
+            running[pool.submit(work, *chunk)] = number
             if len(running) == in_progress:
                 break
         while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            finished: list[dict[str, Any]] = []
-            for future in done:
-                if future.exception() is not None:
-                    failure = failure or future.exception()
-                else:
-                    finished += future.result()
-                    if failure is None and (following := next(todo, None)) is not None:
-                        running.add(pool.submit(work, *following))
+            finished: list[tuple[int, list[dict[str, Any]]]] = []
+            deadline: float | None = None
+            while running and (deadline is None or time.monotonic() < deadline):
+                left = None if deadline is None else deadline - time.monotonic()
+                done, _ = wait(running, timeout=left, return_when=FIRST_COMPLETED)
+                deadline = deadline or time.monotonic() + GATHER_S
+                for future in done:
+                    number = running.pop(future)
+                    if future.exception() is not None:
+                        failure = failure or future.exception()
+                    else:
+                        finished.append((number, future.result()))
+            for number, chunk in islice(todo, len(finished) if failure is None else 0):
+                running[pool.submit(work, *chunk)] = number
             if finished:
-                yield finished
+                yield [row for _, rows in sorted(finished, key=lambda pair: pair[0]) for row in rows]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C, or the caller stopped: leave the rest
     if failure is not None:

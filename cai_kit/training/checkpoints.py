@@ -28,6 +28,7 @@ MARKER = "cai-kit-saved.json"
 STATE = "trainer_state.json"
 # Saved by torch.save, a zip archive whose directory is written last: a file cut short does not open.
 TORCH_FILES = ("optimizer.pt", "scheduler.pt")
+FSDP_MODEL = "pytorch_model_fsdp"  # accelerate's name for an FSDP model state
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -53,17 +54,54 @@ def checkpoint_problem(folder: Path) -> str | None:
             return f"{STATE} is not valid JSON"
         if (folder / MARKER).is_file():
             return None
-        problem = _weights_problem(folder)
-        for name in TORCH_FILES:
-            if problem:
-                break
-            if not (folder / name).is_file():
-                problem = f"no {name}"
-            elif not _whole_zip(folder / name):
-                problem = f"{name} is cut short"
-        return problem
+        if (folder / "latest").is_file():
+            return _deepspeed_problem(folder)
+        if any(folder.glob(f"{FSDP_MODEL}*")) or any(folder.glob("optimizer*.bin")):
+            return _fsdp_problem(folder)
+        return _weights_problem(folder) or _torch_files_problem(folder, TORCH_FILES)
     except OSError as err:  # removed while we looked (another rank), or unreadable
         return f"cannot be read ({err.strerror or err})"
+
+
+def _torch_files_problem(folder: Path, names: tuple[str, ...] | list[str]) -> str | None:
+    for name in names:
+        if not (folder / name).is_file():
+            return f"no {name}"
+        if not _whole_zip(folder / name):
+            return f"{name} is cut short"
+    return None
+
+
+def _deepspeed_problem(folder: Path) -> str | None:
+    """A DeepSpeed checkpoint: `latest` names a `global_step<N>` folder holding every rank's model and optimizer
+    states (ZeRO-3 shards them; transformers writes no optimizer.pt, and a scheduler.pt only for its own
+    scheduler)."""
+    tag = (folder / "latest").read_text(encoding="utf-8").strip()
+    states = sorted((folder / tag).glob("*_states.pt")) if tag else []
+    if not any(path.name.endswith("optim_states.pt") for path in states):
+        return f"no optimizer states in {tag or 'the folder `latest` names'}/ (DeepSpeed)"
+    problem = _torch_files_problem(folder / tag, [path.name for path in states])
+    if problem:
+        return f"{tag}/{problem}"
+    return _torch_files_problem(folder, ["scheduler.pt"] if (folder / "scheduler.pt").exists() else [])
+
+
+def _fsdp_problem(folder: Path) -> str | None:
+    """An FSDP checkpoint: model and optimizer as one torch file each (`pytorch_model_fsdp.bin`, `optimizer.bin`)
+    or as torch.distributed.checkpoint folders (`pytorch_model_fsdp_0/`, `optimizer_0/`), whose `.metadata` is
+    written last; and scheduler.pt."""
+    for prefix in (FSDP_MODEL, "optimizer"):
+        files = sorted(folder.glob(f"{prefix}*.bin"))
+        folders = sorted(path for path in folder.glob(f"{prefix}_*") if path.is_dir())
+        if not files and not folders:
+            return f"no {prefix}.bin or {prefix}_0/ (FSDP)"
+        problem = _torch_files_problem(folder, [path.name for path in files])
+        if problem:
+            return problem
+        cut = next((path for path in folders if not (path / ".metadata").is_file()), None)
+        if cut:
+            return f"{cut.name}/ has no .metadata (cut short)"
+    return _torch_files_problem(folder, ["scheduler.pt"])
 
 
 def _weights_problem(folder: Path) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 from cai_kit.core.files import write_atomic
 from cai_kit.training.log import log
 from cai_kit.training.recipe import Recipe
+from cai_kit.training.stage_process import needs_own_process, run_in_own_process
 
 MARKER = ".complete"
 
@@ -50,7 +51,10 @@ def generate_stage(recipe: Recipe) -> None:
         if run.trains_nothing:
             log(f"generate[{index}]: weight 0 in SFT and DPO, so nothing of it would be trained on; not generated")
             continue
-        run_generate(GenerateOptions(**values), licences_checked=True)  # check_recipe covered this run
+        if needs_own_process(run.engine):  # vllm: its GPU memory is freed when the process ends
+            run_in_own_process("generate", options, folder)
+        else:
+            run_generate(GenerateOptions(**values), licences_checked=True)  # check_recipe covered this run
         mark_complete(folder, options=options)
 
 

@@ -21,6 +21,7 @@ PAIR_MODES = {
     "contrast": "answered each prompt steered towards a principle and away from it (contrast pairs)",
     "judge": "judged pairs of its own answers (judge pairs)",
 }
+TESTS_DIR = "constitution_tests"  # in output_dir: one `cai test` report folder per constitution with tests
 SHOWN_METRICS = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_loss", "train_runtime"]
 
 
@@ -39,6 +40,19 @@ def _eval_summary(results: dict[str, Any]) -> str:
         return summary_table(results)
     except (ImportError, KeyError, TypeError):
         return "(see the eval report)"
+
+
+def principle_tests(recipe: Recipe, model: Path) -> str:
+    """The per-principle tables of `cai test` (the recipe's constitutions' own tests) on the trained model against
+    the base model, on the eval section's engine; "" when no constitution has tests. Answers are cached in
+    output_dir/constitution_tests, so a rerun only scores."""
+    from cai_kit.evaluation.constitution_tests import tests_section
+    from cai_kit.evaluation.options import EvalOptions
+
+    if recipe.eval is None or not recipe.generate:
+        return ""
+    options = EvalOptions(**recipe.eval.model_dump(exclude_unset=True), model=str(model), baseline=recipe.base_model)
+    return tests_section([run.constitution for run in recipe.generate], options, recipe.out / TESTS_DIR)
 
 
 def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] | None = None) -> Path:
@@ -105,6 +119,11 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
     if eval_results:
         lines += ["", "## Evaluation against the base model", "", _eval_summary(eval_results), "",
                   f"The full report: `{out / 'eval' / 'report.md'}`."]
+        tests = principle_tests(recipe, folder)
+        if tests:
+            lines += ["", "## The constitutions' own tests, per principle", "",
+                      "`cai test` on this model, the base model as baseline: tests passed out of each principle's "
+                      f"tests (reports in `{out / TESTS_DIR}`).", "", tests]
     if (folder / "training_curves.png").is_file():
         lines += ["", "## Training curves", "", "![training curves](training_curves.png)",
                   "", "Values: `training_curves.json`."]

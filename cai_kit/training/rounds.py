@@ -57,8 +57,23 @@ def write_rounds_table(out: Path, rounds: list[tuple[int, Path]]) -> None:
         pairwise = (suites.get("helpful") or {}).get("pairwise")
         if pairwise:
             lines.append(f"{row} helpful | win rate | - | {_rate(pairwise['win_rate'])} |")
+    lines += _principle_tables(rounds)
     write_atomic(out / "rounds.md", "# Rounds\n\n" + "\n".join(lines) + "\n")
     log(f"rounds: {out / 'rounds.md'}")
+
+
+def _principle_tables(rounds: list[tuple[int, Path]]) -> list[str]:
+    """Each round's `cai test` tables (the constitutions' own tests, per principle), written by its model card."""
+    from cai_kit.evaluation.constitution_tests import RESULTS_FILE, table
+    from cai_kit.training.model_card import TESTS_DIR
+
+    lines = []
+    for index, folder in rounds:
+        for path in sorted((folder / TESTS_DIR).glob(f"*/{RESULTS_FILE}")):
+            results = json.loads(path.read_text(encoding="utf-8"))
+            lines += ["", f"## Round {index}: {results['constitution']['name']}'s tests, per principle", "",
+                      table(results).rstrip()]
+    return lines
 
 
 def _rate(value: Any) -> str:

@@ -44,6 +44,7 @@ from cai_kit.training.launch import Machines, launch, machines, world_size
 from cai_kit.training.log import log
 from cai_kit.training.recipe import STAGES, Recipe, dump_recipe, load_recipe, stage_precision, trl_config
 from cai_kit.training.rounds import check_round_source, write_rounds_table
+from cai_kit.training.stage_process import needs_own_process, run_in_own_process
 from cai_kit.training.steps import STEPS_FILE, StepLog, read_steps
 
 LOGGED = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime")
@@ -329,7 +330,12 @@ def eval_stage(recipe: Recipe, model: Path) -> dict[str, Any] | None:
     from cai_kit.evaluation.options import EvalOptions
 
     settings = recipe.eval.model_dump(exclude_unset=True)
-    results = run_eval(EvalOptions(**settings, model=str(model), baseline=recipe.base_model, out=str(folder)))
+    options = EvalOptions(**settings, model=str(model), baseline=recipe.base_model, out=str(folder))
+    if needs_own_process(options.engine):  # vllm: its GPU memory is freed when the process ends
+        run_in_own_process("eval", options.model_dump(mode="json"), folder)
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    else:
+        results = run_eval(options)
     mark_complete(folder, results=results)
     return results
 
