@@ -7,6 +7,7 @@ a bad row each filter drops, and a good look-alike it keeps. No model is loaded.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from cai_kit.core.constitution import Example, load_constitution
 from cai_kit.engines import Completion, GenParams
 from cai_kit.generation.data_card import small_model_note
-from cai_kit.generation.filters import row_status
+from cai_kit.generation.filters import Candidate, row_status
 from cai_kit.generation.generate import run_generate
 from cai_kit.generation.options import DEFAULT_FILTERS, FILTERS, GenerateOptions
 
@@ -24,7 +25,9 @@ KILL = "How do I kill a Python process that hangs?"
 
 
 def status(final: str, prompt: str, initial: str = "A first answer about it.", helping: bool = True) -> str:
-    return row_status(final, initial, "stop", helping, DEFAULT_FILTERS, set(), prompt, HARMLESS.examples)
+    row = Candidate(prompt=prompt, final=final, initial=initial, finish_reason="stop", helping=helping,
+                    examples=HARMLESS.examples)
+    return row_status(row, DEFAULT_FILTERS)
 
 
 def test_new_filters_are_options_and_on_by_default():
@@ -91,9 +94,10 @@ def test_copied_needs_the_examples():
         "Press Ctrl+C in its terminal. If that doesn't work, find its ID with `ps aux | grep python` and run kill."
     )
     prompt = "How do I start a compost bin?"
-    assert row_status(copied, "First answer.", "stop", True, DEFAULT_FILTERS, set(), prompt) == "ok"
+    row = Candidate(prompt=prompt, final=copied, initial="First answer.", finish_reason="stop", helping=True)
+    assert row_status(row, DEFAULT_FILTERS) == "ok"
     examples = [Example(prompt=KILL, answer="No.", critique="Wrong.", revision=copied)]
-    assert row_status(copied, "First answer.", "stop", True, DEFAULT_FILTERS, set(), prompt, examples) == "copied"
+    assert row_status(replace(row, examples=examples), DEFAULT_FILTERS) == "copied"
 
 
 def test_a_chosen_answer_off_the_prompts_topic_is_dropped_when_the_rejected_one_is_on_it():
@@ -187,3 +191,13 @@ def test_a_run_on_the_default_model_ends_with_the_note_on_stderr_and_in_the_card
     note = small_model_note("default", ["revision"])
     assert f"cai generate: note: {note}" in capsys.readouterr().err.splitlines()[-1]
     assert note in (folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_one_filter_table_names_the_option_values_and_the_docs():
+    from cai_kit.generation.filters import FILTERS, filters_markdown
+    from cai_kit.generation.options import FILTERS as OPTION_VALUES
+
+    assert list(FILTERS) == OPTION_VALUES  # the `filters` option's values, in the order rows are checked
+    text = (REPO / "docs" / "generate-output.md").read_text(encoding="utf-8")
+    start = text.index("-->\n", text.index("<!-- filters-table:")) + len("-->\n")
+    assert text[start : text.index("<!-- filters-table end -->")] == filters_markdown()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 from cai_kit.core.constitution import Example
 from cai_kit.evaluation.refusal import is_refusal
-from cai_kit.evaluation.verdicts import topic_words
+from cai_kit.evaluation.verdicts import topic_words, verdict
 
 # Openings that introduce a revision instead of being one; removed before any check.
 _PREAMBLE = re.compile(
@@ -161,38 +162,129 @@ def _ngrams(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[k : k + COPIED_WORDS]) for k in range(len(words) - COPIED_WORDS + 1)}
 
 
-def row_status(
-    final: str,
-    initial: str,
-    finish_reason: str,
-    refusal_forbidden: bool,
-    enabled: Collection[str],
-    seen_finals: set[str],
-    prompt: str = "",
-    examples: Sequence[Example] = (),
-) -> str:
-    """ "ok", or the first enabled filter the row fails (the order is the order of checks below). `copied`
-    needs the constitution's `examples` and `off_topic` the `prompt`; without them they pass every row."""
-    checks = [
-        ("empty", lambda: not final.strip() or not initial.strip()),
-        ("truncated", lambda: finish_reason == "length"),
-        ("artefact", lambda: is_artefact(final, prompt)),
-        ("copied", lambda: copies_example(final, prompt, examples)),
-        (
-            "unchanged",
-            lambda: (
-                difflib.SequenceMatcher(None, normalise(final), normalise(initial)).ratio() >= UNCHANGED_SIMILARITY
-            ),
-        ),
-        ("refusal", lambda: refusal_forbidden and is_refusal(final)),
-        ("takes_back", lambda: takes_back(final, prompt)),
-        ("off_topic", lambda: off_topic(final, prompt, initial)),
-        ("duplicate", lambda: normalise(final) in seen_finals),
-    ]
-    for name, failed in checks:
-        if name in enabled and failed():
-            return name
-    return "ok"
+@dataclass(frozen=True)
+class Candidate:
+    """What the filters read of one finished row: its prompt, its two answers and how they were made."""
+
+    prompt: str
+    final: str  # the chosen answer
+    initial: str  # the rejected answer
+    finish_reason: str  # of the final answer: "length" when it was cut off
+    helping: bool = False  # the principle that shaped `final` asks the model to keep helping
+    opening: str | None = None  # that principle's steering opening (a refusal it starts with)
+    pair: str = "revision"  # revision, contrast or judge
+    score: float | None = None  # judge pairs: P(final is the better answer)
+    judge_margin: float = 0.0
+    examples: Sequence[Example] = ()  # the constitution's few-shot examples
+    seen: Collection[str] = ()  # the normalised finals kept so far in this run
+
+
+def empty(row: Candidate) -> bool:
+    """The first or the final answer is empty."""
+    return not row.final.strip() or not row.initial.strip()
+
+
+def truncated(row: Candidate) -> bool:
+    """The final answer hit `--max-new-tokens` and could not be trimmed to a whole sentence."""
+    return row.finish_reason == "length"
+
+
+def artefact(row: Candidate) -> bool:
+    """The final answer talks about the exercise ("the revised response", "This answer is ...") or opens by
+    announcing a rewrite ("Here's a rewritten version of the answer:", "Revised answer:") instead of answering;
+    "Here's a rewritten version:" is kept where the prompt asks for a rewrite."""
+    return is_artefact(row.final, row.prompt)
+
+
+def copied(row: Candidate) -> bool:
+    """A final answer that does not refuse repeats 8 or more consecutive words of one of the constitution's
+    examples (answer, critique or revision) on a prompt that is not that example's: the few-shot text copied
+    onto another question."""
+    return copies_example(row.final, row.prompt, row.examples)
+
+
+def unchanged(row: Candidate) -> bool:
+    """The revision is nearly the same text as the first answer (90% similar or more): the pair teaches
+    nothing."""
+    return difflib.SequenceMatcher(None, normalise(row.final), normalise(row.initial)).ratio() >= UNCHANGED_SIMILARITY
+
+
+def refusal(row: Candidate) -> bool:
+    """The answer refuses where its principle asks the model to keep helping (an `over_refusal` or
+    `helpfulness` tag)."""
+    return row.helping and is_refusal(row.final)
+
+
+def takes_back_refusal(row: Candidate) -> bool:
+    """A refusal goes on, after its "but", to offer the how-to it refused ("I can't help with breaking the law,
+    but I can tell you how to make ...")."""
+    return takes_back(row.final, row.prompt)
+
+
+def off_topic_answer(row: Candidate) -> bool:
+    """A final answer that does not refuse shares no content word with the prompt while the rejected answer
+    does (a birthday-party question answered with a crime scene, chosen over an answer about parties)."""
+    return off_topic(row.final, row.prompt, row.initial)
+
+
+def duplicate(row: Candidate) -> bool:
+    """Another kept row has the same final answer (ignoring case and spacing)."""
+    return normalise(row.final) in row.seen
+
+
+def no_contrast(row: Candidate) -> bool:
+    """Contrast pairs: the two sides do not differ as steered (under a harm principle with an opening the chosen
+    side refuses and the rejected side does not; under a helping principle, the reverse)."""
+    if row.pair != "contrast" or not (row.opening or row.helping):
+        return False
+    refuses, rejected_refuses = is_refusal(row.final), is_refusal(row.initial)
+    meant = (not refuses and rejected_refuses) if row.helping else (refuses and not rejected_refuses)
+    return not meant
+
+
+def partial(row: Candidate) -> bool:
+    """Off unless listed in `filters`: under a harm principle, the chosen answer is not a full refusal by
+    `cai eval`'s whole-answer verdicts ("I can't help with X, but here is X", or no refusal at all)."""
+    return row.pair != "judge" and not row.helping and verdict(row.prompt, row.final)[0] != "full_refusal"
+
+
+def low_margin(row: Candidate) -> bool:
+    """Judged pairs: the judge's preference is within `--judge-margin` of 0.5."""
+    return row.pair == "judge" and row.score is not None and row.score - 0.5 < row.judge_margin
+
+
+# Every filter, in the order a row is checked: a row's status is the first enabled one it fails. The names are
+# the `filters` option's values (generation/options.py), and the data card and docs list them from here.
+FILTERS: dict[str, Callable[[Candidate], bool]] = {
+    "empty": empty,
+    "truncated": truncated,
+    "artefact": artefact,
+    "copied": copied,
+    "unchanged": unchanged,
+    "refusal": refusal,
+    "takes_back": takes_back_refusal,
+    "off_topic": off_topic_answer,
+    "duplicate": duplicate,
+    "no_contrast": no_contrast,
+    "partial": partial,
+    "low_margin": low_margin,
+}
+
+
+def describe(name: str) -> str:
+    """A filter's one-line description: its function's docstring, on one line."""
+    return " ".join((FILTERS[name].__doc__ or "").split())
+
+
+def filters_markdown() -> str:
+    """The docs' filter table (docs/generate-output.md), made from FILTERS."""
+    rows = [f"| `{name}` | {describe(name)} |" for name in FILTERS]
+    return "\n".join(["| status | the row is dropped when |", "| --- | --- |", *rows]) + "\n"
+
+
+def row_status(row: Candidate, enabled: Collection[str]) -> str:
+    """ "ok", or the name of the first enabled filter the row fails."""
+    return next((name for name, failed in FILTERS.items() if name in enabled and failed(row)), "ok")
 
 
 def candidate_score(

@@ -24,11 +24,9 @@ from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow, load_many
 from cai_kit.core.run_lock import run_lock
 from cai_kit.engines import Engine, load_engine
-from cai_kit.evaluation.refusal import is_refusal
-from cai_kit.evaluation.verdicts import verdict
 from cai_kit.generation import pairs
 from cai_kit.generation.failures import EngineFailed, StopOnError, stopped_message
-from cai_kit.generation.filters import normalise, row_status
+from cai_kit.generation.filters import Candidate, normalise, row_status
 from cai_kit.generation.lengths import check_lengths
 from cai_kit.generation.loop import critique_and_revise
 from cai_kit.generation.options import GenerateOptions, in_shard, is_helping
@@ -92,48 +90,17 @@ def gate_or_fall_back(
 
 
 def _status(row: dict[str, Any], constitution: Constitution, options: GenerateOptions, seen: set[str]) -> str:
-    """ "ok" or why the row is filtered; `seen` holds the normalised finals kept so far (duplicates)."""
+    """ "ok" or why the row is filtered (filters.py); `seen` holds the normalised finals kept so far (duplicates)."""
     if row["finish_reason"] == "error":  # the reason only: the answers of an error row are empty
         return f"error: {row.get('error') or 'the engine could not answer'}"[:300]
-    if row.get("pair") == "judge":
-        status = row_status(
-            row["final"],
-            row["initial"],
-            row["finish_reason"],
-            False,
-            options.filters,
-            seen,
-            row["prompt"],
-            constitution.examples,
-        )
-        if status == "ok" and "low_margin" in options.filters and row["score"] - 0.5 < options.judge_margin:
-            return "low_margin"
-        return status
-    principle = constitution.get(row["steps"][-1]["principle"])  # the principle that shaped `final`
-    helping = is_helping(principle)
-    status = row_status(
-        row["final"],
-        row["initial"],
-        row["finish_reason"],
-        helping,
-        options.filters,
-        seen,
-        row["prompt"],
-        constitution.examples,
-    )
-    if status == "ok" and row.get("pair") == "contrast" and "no_contrast" in options.filters:
-        # A pair teaches something only when its two sides differ in the way the steering meant:
-        # a harm principle's chosen side refuses and its rejected side does not; a helping one's the reverse.
-        refuses, rejected_refuses = is_refusal(row["final"]), is_refusal(row["initial"])
-        meant = (not refuses and rejected_refuses) if helping else (refuses and not rejected_refuses)
-        if principle.opening or helping:
-            status = "ok" if meant else "no_contrast"
-    if status == "ok" and not helping and "partial" in options.filters:
-        # A refusal that goes on to help ("I can't help with X, but here is X") teaches the opener, not the
-        # refusal: under a harm principle only a full refusal by `cai eval`'s whole-answer verdict is kept.
-        if verdict(row["prompt"], row["final"])[0] != "full_refusal":
-            status = "partial"
-    return status
+    principle = None if row.get("pair") == "judge" else constitution.get(row["steps"][-1]["principle"])
+    candidate = Candidate(
+        prompt=row["prompt"], final=row["final"], initial=row["initial"], finish_reason=row["finish_reason"],
+        helping=bool(principle and is_helping(principle)), opening=principle.opening if principle else None,
+        pair=row.get("pair", "revision"), score=row.get("score"), judge_margin=options.judge_margin,
+        examples=constitution.examples, seen=seen,
+    )  # fmt: skip
+    return row_status(candidate, options.filters)
 
 
 def _manifest(options: GenerateOptions, constitution: Constitution, prompts: list[PromptRow]) -> dict[str, Any]:

@@ -27,11 +27,11 @@ Filter = Literal[
     "refusal",
     "takes_back",
     "off_topic",
+    "duplicate",
     "no_contrast",
     "partial",
     "low_margin",
-    "duplicate",
-]
+]  # the order rows are checked in (generation/filters.py FILTERS, where each is described)
 FILTERS: list[str] = list(get_args(Filter))
 # `partial` is off unless a recipe's `filters` lists it: it drops the steered refusals that go on to help
 # ("I can't help with X, but here is X"), most of a small model's (docs: Output of `cai generate`, Filters).
