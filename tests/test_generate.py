@@ -125,6 +125,8 @@ def test_writes_all_files_in_trl_formats(setup):
     assert manifest["constitution"] == "test" and len(manifest["constitution_sha256"]) == 64
     card = (out / "README.md").read_text()
     assert "sha256" in card and "kept: 6" in card
+    # The filters it applied, each described from the one filter table; `partial` is off by default.
+    assert "- `takes_back`: A refusal goes on, after its \"but\"" in card and "- `partial`" not in card
 
 
 def test_rounds_and_deterministic_principles(setup, tmp_path):

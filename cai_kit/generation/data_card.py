@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cai_kit.evaluation.report import markdown_table
+from cai_kit.generation.filters import FILTERS, describe
 from cai_kit.generation.run_folder import RunFolder
 from cai_kit.licensing.licence_guard import model_roles
 from cai_kit.licensing.licences import contributors_markdown, licence_or_unknown
@@ -142,6 +143,10 @@ def write_card(
         "| reason | rows |",
         "| --- | --- |",
         *[f"| {reason.replace('|', chr(92) + '|')} | {count} |" for reason, count in statuses.most_common()],
+        "",
+        "Filters this run applied, in the order each row is checked (a row's status is the first it fails):",
+        "",
+        *[f"- `{name}`: {describe(name)}" for name in FILTERS if name in options.filters],
         "",
         "## Principles",
         "",
