@@ -190,3 +190,10 @@ def test_no_option_says_its_default_twice():
                 doubled.append(f"{path} {record[0]}: {record[1]}")
     assert count > 80, f"found only {count} options: is the walk broken?"
     assert not doubled, "\n".join(doubled)
+
+
+def test_the_command_reference_is_made_from_the_commands():
+    from cai_kit.cli.reference import page_section, reference_markdown
+
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert page_section(text) == reference_markdown() + "\n", "run: python -m cai_kit.cli.reference docs/cli.md"
