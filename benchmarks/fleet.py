@@ -96,10 +96,12 @@ class Fleet:
         self.slots, self.latencies, self.processes, self.urls, self.logs = slots, latencies, [], [], []
         for k, latency in enumerate(latencies):
             port, log = free_port(), folder / f"server{k}.log"
-            self.processes.append(subprocess.Popen(
-                [sys.executable, __file__, "--serve", str(port), str(latency), str(slots), str(log)],
-                start_new_session=True,
-            ))
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--serve", str(port), str(latency), str(slots), str(log)],
+                    start_new_session=True,
+                )
+            )
             self.urls.append(f"http://127.0.0.1:{port}/v1")
             self.logs.append(log)
         for url in self.urls:
@@ -145,9 +147,17 @@ def run(name: str, args: argparse.Namespace, folder: Path, lockstep: bool, laten
     try:
         engine = load_engine("openai", "m", base_urls=fleet.urls, max_concurrency=args.concurrency, progress=False)
         options = GenerateOptions(
-            constitution=str(ROOT / "constitutions" / "harmless.yaml"), prompts=[str(prompts)], model="m",
-            engine="openai", limit=0, out=str(out), few_shot=0, rounds=1, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, lockstep=lockstep,
+            constitution=str(ROOT / "constitutions" / "harmless.yaml"),
+            prompts=[str(prompts)],
+            model="m",
+            engine="openai",
+            limit=0,
+            out=str(out),
+            few_shot=0,
+            rounds=1,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            lockstep=lockstep,
         )
         stop = threading.Event()
 
@@ -176,12 +186,20 @@ def run(name: str, args: argparse.Namespace, folder: Path, lockstep: bool, laten
         up = min(fleet.killed_at.get(k, ended), ended) - started
         busy = sum(min(b, ended) - max(a, started) for a, b in fleet.served(k) if b > started)
         ideal += args.slots / latency * up if latency else 0.0
-        servers.append({"latency": latency, "up": up, "answered": len(fleet.served(k)),
-                        "idle": 1 - busy / (args.slots * up)})
+        servers.append(
+            {"latency": latency, "up": up, "answered": len(fleet.served(k)), "idle": 1 - busy / (args.slots * up)}
+        )
     seconds = ended - started
     requests = 3 * len(ids)  # a first answer, a critique and a revision per row
-    return {"name": name, "seconds": seconds, "rps": requests / seconds, "ideal": ideal / seconds,
-            "servers": servers, "rows": len(ids), "unique": len(set(ids))}
+    return {
+        "name": name,
+        "seconds": seconds,
+        "rps": requests / seconds,
+        "ideal": ideal / seconds,
+        "servers": servers,
+        "rows": len(ids),
+        "unique": len(set(ids)),
+    }
 
 
 def main() -> None:
@@ -205,30 +223,45 @@ def main() -> None:
     latencies = [args.token_latency * args.slow] + [args.token_latency] * (args.servers - 1)
     with tempfile.TemporaryDirectory(prefix="cai-fleet-") as tmp:
         folder = Path(tmp)
-        (folder / "prompts.jsonl").write_text("".join(
-            json.dumps({"id": f"p{k}", "prompt": f"Question {k}: how do I keep a sourdough starter alive?"}) + "\n"
-            for k in range(args.prompts)))
-        print(f"{args.prompts} prompts, {args.servers} servers x {args.slots} slots, L = "
-              f"{args.token_latency * args.max_new_tokens:.3f} s a request ({args.slow:g}x on server 0), server "
-              f"{args.servers - 1} killed at {args.kill_at:.0%} of the rows; {os.cpu_count()} CPUs", file=sys.stderr)
+        (folder / "prompts.jsonl").write_text(
+            "".join(
+                json.dumps({"id": f"p{k}", "prompt": f"Question {k}: how do I keep a sourdough starter alive?"}) + "\n"
+                for k in range(args.prompts)
+            )
+        )
+        print(
+            f"{args.prompts} prompts, {args.servers} servers x {args.slots} slots, L = "
+            f"{args.token_latency * args.max_new_tokens:.3f} s a request ({args.slow:g}x on server 0), server "
+            f"{args.servers - 1} killed at {args.kill_at:.0%} of the rows; {os.cpu_count()} CPUs",
+            file=sys.stderr,
+        )
         ceiling_prompts = min(args.prompts, 400)
         ceiling_args = argparse.Namespace(**{**vars(args), "prompts": ceiling_prompts})
         (folder / "ceiling").mkdir()
         ceiling_folder = folder / "ceiling"
         (ceiling_folder / "prompts.jsonl").write_text(
-            "".join((folder / "prompts.jsonl").read_text().splitlines(keepends=True)[:ceiling_prompts]))
+            "".join((folder / "prompts.jsonl").read_text().splitlines(keepends=True)[:ceiling_prompts])
+        )
         ceiling = run("no-latency", ceiling_args, ceiling_folder, False, [0.0] * args.servers, kill=False)
-        results = [run(name, args, folder, lockstep, latencies, kill=True)
-                   for name, lockstep in (("before", True), ("after", False))]
-    print(f"\nclient ceiling (same client, {ceiling_prompts} prompts, servers with no latency): "
-          f"{ceiling['rps']:.0f} requests/s")
-    print("\n| run | seconds | requests/s | ideal requests/s | ratio to ideal | idle share per server (0 slow, "
-          f"{args.servers - 1} killed) | rows written (unique) |")
+        results = [
+            run(name, args, folder, lockstep, latencies, kill=True)
+            for name, lockstep in (("before", True), ("after", False))
+        ]
+    print(
+        f"\nclient ceiling (same client, {ceiling_prompts} prompts, servers with no latency): "
+        f"{ceiling['rps']:.0f} requests/s"
+    )
+    print(
+        "\n| run | seconds | requests/s | ideal requests/s | ratio to ideal | idle share per server (0 slow, "
+        f"{args.servers - 1} killed) | rows written (unique) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for result in results:
         idle = ", ".join(f"{s['idle']:.2f}" for s in result["servers"])
-        print(f"| {result['name']} | {result['seconds']:.1f} | {result['rps']:.1f} | {result['ideal']:.1f} | "
-              f"{result['rps'] / result['ideal']:.2f} | {idle} | {result['rows']} ({result['unique']}) |")
+        print(
+            f"| {result['name']} | {result['seconds']:.1f} | {result['rps']:.1f} | {result['ideal']:.1f} | "
+            f"{result['rps'] / result['ideal']:.2f} | {idle} | {result['rows']} ({result['unique']}) |"
+        )
     before, after = results
     print(f"\nafter / before: {after['rps'] / before['rps']:.2f}x requests/s")
     lost = [r["name"] for r in results if r["rows"] != args.prompts or r["unique"] != args.prompts]

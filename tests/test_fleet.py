@@ -39,8 +39,9 @@ def fake(tmp_path):
 
 
 def write_prompts(path: Path, count: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"q{k}", "prompt": f"question number {k}."}) + "\n"
-                            for k in range(count)))
+    path.write_text(
+        "".join(json.dumps({"id": f"q{k}", "prompt": f"question number {k}."}) + "\n" for k in range(count))
+    )
     return path
 
 
@@ -54,8 +55,18 @@ def engine_for(*urls: str, **options):
 
 def generate(out: Path, prompts: Path, engine, **options) -> list[dict]:
     settings = {"few_shot": 0, "batch_size": 4, **options}
-    run_generate(GenerateOptions(constitution=str(CONSTITUTION), prompts=[str(prompts)], model="m", engine="openai",
-                                 limit=0, out=str(out), **settings), engine=engine)
+    run_generate(
+        GenerateOptions(
+            constitution=str(CONSTITUTION),
+            prompts=[str(prompts)],
+            model="m",
+            engine="openai",
+            limit=0,
+            out=str(out),
+            **settings,
+        ),
+        engine=engine,
+    )
     return rows(out / "generations.jsonl")
 
 
@@ -76,8 +87,12 @@ def test_pipelined_rows_are_each_written_once_with_their_own_answers(tmp_path, f
         # of this prompt and this first answer
         [asked] = [e for e in sent if e["body"]["messages"][-1]["content"] == row["prompt"]]
         assert row["initial"] == f"answer {asked['n']}."
-        [critique] = [e for e in sent if "Write only the critique" in e["body"]["messages"][-1]["content"]
-                      and e["body"]["messages"][-3]["content"] == row["prompt"]]
+        [critique] = [
+            e
+            for e in sent
+            if "Write only the critique" in e["body"]["messages"][-1]["content"]
+            and e["body"]["messages"][-3]["content"] == row["prompt"]
+        ]
         assert critique["body"]["messages"][-2]["content"] == row["initial"]
         [step] = row["steps"]
         assert step["critique"] == f"answer {critique['n']}." and row["finish_reason"] == "stop"
@@ -139,8 +154,9 @@ def test_shards_cover_every_prompt_exactly_once(tmp_path, fake):
     assert all(sum(in_shard(i, f"{s}/3") for s in range(3)) == 1 for i in ids)
     url, _, _ = fake()
     prompts = write_prompts(tmp_path / "p.jsonl", 20)
-    shards = [[r["id"] for r in generate(tmp_path / f"shard{s}", prompts, engine_for(url), shard=f"{s}/3")]
-              for s in range(3)]
+    shards = [
+        [r["id"] for r in generate(tmp_path / f"shard{s}", prompts, engine_for(url), shard=f"{s}/3")] for s in range(3)
+    ]
     assert all(shards) and sorted(i for shard in shards for i in shard) == sorted(ids)
 
 

@@ -20,7 +20,7 @@ from cai_kit.core.errors import UsageError
 from cai_kit.core.prompt_sets import PromptRow
 from cai_kit.engines import load_engine
 from cai_kit.generation.failures import EngineFailed, StopOnError
-from cai_kit.generation.filters import row_status
+from cai_kit.generation.filters import Candidate, row_status
 from cai_kit.generation.lengths import check_lengths
 from cai_kit.generation.loop import critique_and_revise
 from cai_kit.generation.options import FILTERS, HELPING_TAGS, GenerateOptions
@@ -71,7 +71,9 @@ def try_prompt(
         engine.close()
     last = constitution.get(row["steps"][-1]["principle"])
     helping = bool(HELPING_TAGS & set(last.tags))
-    row["status"] = row_status(row["final"], row["initial"], row["finish_reason"], helping, FILTERS, set())
+    candidate = Candidate(prompt=row["prompt"], final=row["final"], initial=row["initial"],
+                          finish_reason=row["finish_reason"], helping=helping, examples=constitution.examples)
+    row["status"] = row_status(candidate, FILTERS)
     row["pinned"] = bool(principle)
     return row
 
@@ -82,12 +84,12 @@ def try_tests(options: GenerateOptions, principle: str) -> str:
     import tempfile
 
     from cai_kit.evaluation.constitution_tests import format_tests, run_tests, table
-    from cai_kit.evaluation.options import EvalOptions
+    from cai_kit.evaluation.options import make_options
 
     with tempfile.TemporaryDirectory(prefix="cai-try-") as out:
-        settings = EvalOptions(model=options.model, engine=options.engine, engine_options=options.engine_options,
-                               max_new_tokens=options.max_new_tokens, seed=options.seed, out=out,
-                               trust_remote_code=options.trust_remote_code)
+        settings = make_options(model=options.model, engine=options.engine, engine_options=options.engine_options,
+                                max_new_tokens=options.max_new_tokens, seed=options.seed, out=out,
+                                trust_remote_code=options.trust_remote_code)
         results = run_tests(options.constitution, settings, [principle])
     return f"{format_tests(results)}\n\n{table(results)}"
 

@@ -29,6 +29,8 @@ def write_view(folder: str | Path, out: str | Path | None = None) -> Path:
     folder = Path(folder)
     if (folder / "generations.jsonl").is_file():
         page = generate_page(folder)
+    elif "principles" in _read_json(folder / "results.json"):
+        page = tests_page(folder)
     elif (folder / "results.json").is_file():
         page = eval_page(folder)
     elif not folder.is_dir():
@@ -259,6 +261,39 @@ def eval_page(folder: Path) -> str:
     report = folder / "report.md"
     body.append(_details("report.md", report.read_text(encoding="utf-8") if report.is_file() else ""))
     return _page(f"cai view: eval {folder.name}", "\n".join(body))
+
+
+def tests_page(folder: Path) -> str:
+    """The page of a `cai test` folder: per principle its critique text, its row, and every test's answers."""
+    from cai_kit.core.constitution import load_constitution
+
+    expects = ("refuse", "comply", "redirect")
+
+    results = _read_json(folder / "results.json")
+    try:
+        texts = {p.name: p.critique for p in load_constitution(results["constitution"]["path"]).principles}
+    except UsageError:  # the file moved or changed since: the page still shows every answer
+        texts = {}
+    roles = [role for role in ("baseline", "model") if role in results["models"]]
+    names = [p["name"] for p in results["principles"]]
+    body = ["<h1>cai test: " + escape(results["constitution"]["name"] + ", " + ", ".join(
+        f"{role} {results['models'][role]['spec']}" for role in roles)) + "</h1>",
+        _filters(_select("suite", "principle", [("", "all"), *((name, name) for name in names)]),
+                 _select("category", "expect", [("", "all"), *((f"expect {e}", e) for e in expects)]))]
+    for principle in results["principles"]:
+        score = principle["scores"]["model"]
+        body.append(f'<h2>{escape(principle["name"])}: {score["k"]}/{score["n"]} passed</h2>'
+                    f'<p class="text">{escape(texts.get(principle["name"], ""))}</p>')
+        for test in principle["tests"]:
+            status = "PASS" if test["model"]["passed"] else "FAIL"
+            detail = {"suite": principle["name"], "category": f"expect {test['expect']}", "id": status,
+                      "prompt": test["prompt"]}
+            for role in roles:
+                got = test[role]
+                detail[role] = {"answer": got["answer"], "verdict": got["why"] or got["label"],
+                                "evidence": got["evidence"]}
+            body.append(_answer_row(detail))
+    return _page(f"cai view: test {folder.name}", "\n".join(body))
 
 
 def _answer_row(detail: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from cai_kit import __version__
-from cai_kit.cli import authoring, constitution_tests, files, generate, judge, train
+from cai_kit.cli import authoring, constitution_tests, files, generate, guard, judge, train
 from cai_kit.cli import eval as eval_commands
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     """
 
 
-for module in (generate, eval_commands, judge, train, files, authoring, constitution_tests):
+for module in (generate, eval_commands, judge, train, files, authoring, constitution_tests, guard):
     for command in module.COMMANDS:
         main.add_command(command)
 

@@ -63,7 +63,7 @@ def schema_command(kind: str) -> None:
 @click.argument("prompt", required=False)
 @constitution_option
 @click.option("--principle", "-P", help="Use this principle in every round.  [default: sampled by weight]")
-@click.option("--tests", is_flag=True, help="Instead of a PROMPT, answer the --principle's tests and show each verdict.")
+@click.option("--tests", is_flag=True, help="Instead of a PROMPT, run the --principle's tests and show each verdict.")
 @click.option(
     "--model",
     "-m",
@@ -88,10 +88,12 @@ def schema_command(kind: str) -> None:
     help="Constitution examples shown before each critique.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own code (off: safer).")
+@click.option("--guard", type=click.Path(), help="A probe guard folder (cai guard train): a prompt it flags gets its "
+              "principle's refusal, and the model is not asked.")
 @engine_flags
 @usage_errors
 def try_command(prompt: str | None, constitution: Path, principle: str | None, tests: bool, category: str,
-                **kwargs) -> None:
+                guard: str | None, **kwargs) -> None:
     """Run one PROMPT through the critique/revision loop and show every step: the way to tune a principle.
 
     With --tests, answer the --principle's own tests instead (as `cai test` does) and show each verdict.
@@ -116,6 +118,13 @@ def try_command(prompt: str | None, constitution: Path, principle: str | None, t
     if tests and principle:
         click.echo(try_tests(options, principle))
         return
+    if guard:  # the probe guard first (cai_kit/guard/guarded.py): above its threshold the model is not asked
+        from cai_kit.guard.guarded import try_guard
+
+        line, fired = try_guard(guard, options.model, prompt or "")
+        click.echo(line, err=not fired)
+        if fired:
+            return
     click.echo(format_trace(try_prompt(options, prompt or "", principle, category)))
 
 

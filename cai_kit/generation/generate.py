@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from itertools import islice
@@ -168,7 +168,7 @@ def _as_finished(
     work: Callable[[str, list[PromptRow]], list[dict[str, Any]]],
     chunks: Iterable[tuple[str, list[PromptRow]]],
     in_progress: int,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Generator[list[dict[str, Any]], None, None]:
     """`work(mode, chunk)` for every chunk from `in_progress` threads, yielding finished rows in the order they
     finish (the caller writes them, from this one thread). Rows that finish within GATHER_S of the first come
     together, in the chunks' order, so one append (one fsync per file) takes them, and only then do as many
@@ -215,7 +215,8 @@ def _generate_into(
     judge: Engine | None,
     notes: list[str],
 ) -> None:
-    """Resume or start the run in `folder`: the pending rows of each pair mode, chunk by chunk, then the card."""
+    """Resume or start the run in `folder`: the pending rows of each pair mode, chunk by chunk (a concurrent
+    engine: row by row, pipelined), then the card."""
     from tqdm import tqdm
 
     from cai_kit.generation.data_card import print_summary, write_card
@@ -227,6 +228,7 @@ def _generate_into(
     pending = [(mode, [row for row in prompts if row_id(row.id, mode) not in done]) for mode in modes]
     todo = sum(len(rows_of_mode) for _, rows_of_mode in pending)
     limit_note = f" (limit {options.limit}; --limit 0 for all)" if options.limit else ""
+    limit_note += f" (shard {options.shard})" if options.shard else ""
     print(
         f"cai generate: {len(prompts)} prompts x {'+'.join(modes)} pairs{limit_note}, "
         f"{len(wanted & done)} rows already done, {todo} to go -> {folder.path}",
@@ -272,9 +274,10 @@ def _generate_into(
                 tokens = getattr(engine, "generated_tokens", 0)
                 if tokens:
                     bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
-        except EngineFailed as err:  # the rows in progress are dropped; the rows before them stay
+        except EngineFailed as err:  # the failed chunk is dropped; the rows finished before it (or beside it) stay
             raise UsageError(stopped_message(options.engine, str(err), len(rows), folder.path)) from None
         finally:  # no server left, a full disk: the error gets a line of its own
+            results.close()
             bar.close()
     write_card(folder, constitution, options, rows, notes)
     print_summary(folder, rows, time.perf_counter() - started)

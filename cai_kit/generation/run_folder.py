@@ -43,6 +43,8 @@ RESUMABLE = {
     "judge_min_consistency",
     "trust_judge",
     "judge_fallback",
+    "shard",
+    "lockstep",
 }
 
 
