@@ -122,7 +122,8 @@ def test_missing_folder_and_damaged_probe_are_one_line_each(guard_dir, tiny_mode
     (damaged / PROBE_FILE).write_bytes(b"not a safetensors file at all")
     result = runner.invoke(main, ["guard", "check", str(damaged), "-m", tiny_model_path, "hello"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "is damaged" in result.output
-    result = runner.invoke(main, ["eval", "-m", tiny_model_path, "--guard", str(tmp_path / "nowhere"), "-s", "harmful"])
+    nowhere = str(tmp_path / "nowhere")
+    result = runner.invoke(main, ["eval", "-m", tiny_model_path, "--guard", nowhere, "-s", "harmful"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "eval.guard: " in result.output
 
 
@@ -157,6 +158,17 @@ def test_eval_guard_answers_flagged_prompts_with_the_principles_refusal(guard_di
     assert set(results["discrimination"]) == {"model", "guarded"}
     assert "## The guard" in (tmp_path / "e" / "report.md").read_text()
     assert results["guard_probe"]["suites"]["harmful"]["flagged"]["k"] == flagged_harmful
+
+
+def test_try_guard_answers_a_flagged_prompt_without_the_model(guard_dir, sets, tiny_model_path):
+    harmful = [json.loads(line)["prompt"] for line in Path(sets["harmful"]).read_text().splitlines()]
+    guard = Guard.load(guard_dir, tiny_model_path)
+    prompt, check = next((p, c) for p, c in zip(harmful, guard.check(harmful), strict=True) if c.flagged)
+    result = CliRunner().invoke(main, ["try", "-c", sets["constitution"], "-m", tiny_model_path, "--guard",
+                                       str(guard_dir), prompt])
+    assert result.exit_code == 0, result.output
+    assert f"guard: fired, principle {check.principle}" in result.output
+    assert f"answer: {check.refusal}" in result.output
 
 
 def test_refusal_is_the_principles_opening_and_its_name():

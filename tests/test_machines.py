@@ -196,7 +196,7 @@ def test_the_slurm_training_script_starts_one_cai_train_per_node_meeting_at_the_
 def test_the_vllm_fleet_script_lists_a_server_once_healthy_and_unlists_it_when_it_stops(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # A stand-in `vllm serve`: answers /health on its port for 3 s, then stops; srun runs the node's script here.
+    # A stand-in `vllm serve`: answers /health on its port for 4 s, then stops; srun runs the node's script here.
     server = (
         "import http.server, sys, threading, time\n"
         "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
@@ -206,7 +206,7 @@ def test_the_vllm_fleet_script_lists_a_server_once_healthy_and_unlists_it_when_i
         "    def log_message(self, *args): pass\n"
         "s = http.server.HTTPServer(('127.0.0.1', port), H)\n"
         "threading.Thread(target=s.serve_forever, daemon=True).start()\n"
-        "time.sleep(3)\n"
+        "time.sleep(4)\n"
     )
     (bin_dir / "fake_vllm.py").write_text(server)
     _fake_bin(bin_dir, "vllm", f'exec {sys.executable} {bin_dir / "fake_vllm.py"} "$@"\n')
@@ -214,7 +214,7 @@ def test_the_vllm_fleet_script_lists_a_server_once_healthy_and_unlists_it_when_i
     urls = tmp_path / "fleet.txt"
     port = str(_free_port())
     script = Path(__file__).resolve().parent.parent / "recipes" / "slurm" / "vllm_fleet.slurm"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PORT": port}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PORT": port, "HEALTH_POLL": "0.2"}
     process = subprocess.Popen(["bash", str(script), "some/model", str(urls)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     listed = ""

@@ -153,7 +153,8 @@ def test_set_override_and_a_bad_value(tmp_path, cpu):
     assert trl_config(load_recipe(path, ["sft.trl.bf16=auto"]), "sft").bf16 is True
     with pytest.raises(UsageError) as caught:
         load_recipe(path, ["sft.trl.bf16=fast"])
-    assert caught.value.problems == [f"{path}:9: sft.trl.bf16: expected true, false or auto (got 'fast')"]
+    expected = "--set sft.trl.bf16=fast: sft.trl.bf16: expected true, false or auto (got 'fast')"
+    assert caught.value.problems == [expected]
 
 
 class SeenArgs(TrainerCallback):

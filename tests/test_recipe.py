@@ -81,7 +81,10 @@ def test_laptop_recipe_keeps_full_refusals_weights_them_and_runs_two_rounds():
     recipe = load_recipe(REPO / "recipes" / "zephyr_cai.yaml")
     red_team, *others = recipe.generate
     assert red_team.prompts == ["red_team"] and red_team.weight == 3
-    assert red_team.filters == FILTERS and "partial" not in DEFAULT_FILTERS  # every filter, `partial` included
+    # The filters it was measured with, `partial` among them (off by default); all of them known filters.
+    assert red_team.filters == ["empty", "truncated", "artefact", "unchanged", "refusal", "no_contrast", "partial",
+                                "low_margin", "duplicate"]
+    assert set(red_team.filters) <= set(FILTERS) and "partial" not in DEFAULT_FILTERS
     assert all(run.filters == DEFAULT_FILTERS and run.weight == 1 for run in others)  # their chosen side complies
     assert recipe.rounds == 2
     # Round 2 trains a smaller adapter (docs: Results, Levers: rank 4 in round 2 only measured best).

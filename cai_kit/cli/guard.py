@@ -22,7 +22,8 @@ def guard() -> None:
 
 @guard.command(name="train")
 @click.argument("constitution")
-@click.option("--model", "-m", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id.")
+@click.option("--model", "-m", default="default", help="'default' (the embedded SmolLM2-135M-Instruct), a folder or a "
+              "hub id.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Guard folder to write (probe, thresholds, card).")
 @click.option("--max-fpr", type=click.FloatRange(0, 1, max_open=True), default=0.05,
               help="Largest share of held-out everyday training prompts the guard may flag; sets the thresholds.")

@@ -12,10 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 import time
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from cai_kit.generation.filters import Candidate, normalise, row_status
 from cai_kit.generation.lengths import check_lengths
 from cai_kit.generation.loop import critique_and_revise
 from cai_kit.generation.options import GenerateOptions, in_shard, is_helping
+from cai_kit.generation.pipeline import finished_rows
 from cai_kit.generation.rows import row_id
 from cai_kit.generation.run_folder import RunFolder, push_folder
 from cai_kit.judging.gate import gate_judge
@@ -161,51 +159,6 @@ def run_generate(options: GenerateOptions, engine: Engine | None = None, licence
     return folder.path
 
 
-GATHER_S = 0.05  # rows finishing this close together are appended together
-
-
-def _as_finished(
-    work: Callable[[str, list[PromptRow]], list[dict[str, Any]]],
-    chunks: Iterable[tuple[str, list[PromptRow]]],
-    in_progress: int,
-) -> Generator[list[dict[str, Any]], None, None]:
-    """`work(mode, chunk)` for every chunk from `in_progress` threads, yielding finished rows in the order they
-    finish (the caller writes them, from this one thread). Rows that finish within GATHER_S of the first come
-    together, in the chunks' order, so one append (one fsync per file) takes them, and only then do as many
-    new chunks start: `in_progress` counts the rows not yet handed back. After a failure no chunk is started;
-    the ones in progress finish and are yielded, then the first failure is raised."""
-    todo = enumerate(chunks)
-    pool = ThreadPoolExecutor(max_workers=in_progress, thread_name_prefix="cai-row")
-    running: dict[Future, int] = {}
-    failure: BaseException | None = None
-    try:
-        for number, chunk in todo:
-            running[pool.submit(work, *chunk)] = number
-            if len(running) == in_progress:
-                break
-        while running:
-            finished: list[tuple[int, list[dict[str, Any]]]] = []
-            deadline: float | None = None
-            while running and (deadline is None or time.monotonic() < deadline):
-                left = None if deadline is None else deadline - time.monotonic()
-                done, _ = wait(running, timeout=left, return_when=FIRST_COMPLETED)
-                deadline = deadline or time.monotonic() + GATHER_S
-                for future in done:
-                    number = running.pop(future)
-                    if future.exception() is not None:
-                        failure = failure or future.exception()
-                    else:
-                        finished.append((number, future.result()))
-            for number, chunk in islice(todo, len(finished) if failure is None else 0):
-                running[pool.submit(work, *chunk)] = number
-            if finished:
-                yield [row for _, rows in sorted(finished, key=lambda pair: pair[0]) for row in rows]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C, or the caller stopped: leave the rest
-    if failure is not None:
-        raise failure
-
-
 def _generate_into(
     folder: RunFolder,
     options: GenerateOptions,
@@ -255,13 +208,8 @@ def _generate_into(
                 return pairs.contrast_pairs(checked, constitution, chunk, options)
             return critique_and_revise(checked, constitution, chunk, options)
 
-        if getattr(engine, "concurrent", False) and not options.lockstep:
-            chunks = [(mode, [row]) for mode, mode_rows in pending for row in mode_rows]
-            results = _as_finished(run_chunk, chunks, options.batch_size)
-        else:
-            chunks = [(mode, mode_rows[start : start + options.batch_size])
-                      for mode, mode_rows in pending for start in range(0, len(mode_rows), options.batch_size)]
-            results = (run_chunk(mode, chunk) for mode, chunk in chunks)
+        concurrent = getattr(engine, "concurrent", False) and not options.lockstep
+        results = finished_rows(run_chunk, pending, options.batch_size, concurrent)
         try:
             for finished in results:
                 for row in finished:

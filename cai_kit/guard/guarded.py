@@ -59,7 +59,8 @@ def guard_summary(guarded: dict[tuple[str, str], dict[str, Any]], folder: str) -
     positives = sum(len(flags) for suite, flags in suites.items() if suite in HARMFUL_SUITES)
     flagged = sum(sum(flags) for flags in suites.values())
     first = next(iter(guarded.values()), {}).get("probe", {})
-    return {"folder": folder, "threshold": first.get("threshold"), "seconds_per_prompt": first.get("seconds_per_prompt"),
+    return {"folder": folder, "threshold": first.get("threshold"),
+            "seconds_per_prompt": first.get("seconds_per_prompt"),
             "suites": {suite: {"harmful": suite in HARMFUL_SUITES, "flagged": rate(sum(flags), len(flags))}
                        for suite, flags in suites.items()},
             "precision": rate(true_pos, flagged), "recall": rate(true_pos, positives), "fired": fired}

@@ -108,9 +108,10 @@ class Guard:
         except Exception as err:  # safetensors raises its own error types, and KeyError for a missing tensor
             raise UsageError(f"guard {folder}: {PROBE_FILE} is damaged ({str(err).splitlines()[0][:120]}); "
                              f"{RETRAIN}") from None
-        if tuple(weight.shape) != (len(info["heads"]), info["hidden_size"]) or tuple(bias.shape) != (len(info["heads"]),):
-            raise UsageError(f"guard {folder}: {PROBE_FILE} does not match {GUARD_JSON} (shapes {tuple(weight.shape)}, "
-                             f"{tuple(bias.shape)}); {RETRAIN}")
+        heads = len(info["heads"])
+        if tuple(weight.shape) != (heads, info["hidden_size"]) or tuple(bias.shape) != (heads,):
+            raise UsageError(f"guard {folder}: {PROBE_FILE} does not match {GUARD_JSON} (shapes "
+                             f"{tuple(weight.shape)}, {tuple(bias.shape)}); {RETRAIN}")
         check_model(folder, info, model or info["model"])
         return cls(folder, info, weight.float(), bias.float(), model or info["model"])
 

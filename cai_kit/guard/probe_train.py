@@ -45,7 +45,8 @@ BENIGN_SETS = ("borderline", "everyday", "helpful")
 FPR_SET = "everyday"  # the benign set whose held-out prompts set the thresholds
 L2_GRID = (1e-3, 1e-2, 1e-1)  # weaker penalties overfit: the training prompts are separable in 576 dimensions
 SPLITS = ("train", "dev", "held_out")
-FALLBACK_REFUSAL = "I can't help with that. This request goes against the principles I follow, so I won't help with it."
+FALLBACK_REFUSAL = ("I can't help with that. This request goes against the principles I follow, so I won't help "
+                    "with it.")
 
 
 @dataclass(frozen=True)
