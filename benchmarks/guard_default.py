@@ -1,12 +1,13 @@
 """The probe guard on the eval sets it never saw: the figures of docs/results.md, "The probe guard".
 
     cai guard train harmless -m default --out runs/guard
-    cai eval -m default --guard runs/guard -s harmful -s everyday --limit 40 --out runs/guard-eval
-    python benchmarks/guard_default.py runs/guard --eval runs/guard-eval --out docs/results/guard-default.json
+    cai eval -m default --guard runs/guard -s harmful -s everyday --limit 0 --out runs/guard-eval
+    python benchmarks/guard_default.py runs/guard --eval runs/guard-eval/results.json
 
 Scores every prompt of eval/everyday_test, eval/harmful and eval/harmful_test with the guard (flag rates, 95%
 Wilson intervals, time per prompt), and reads the `cai eval --guard` run's results.json for the guarded system
-and the model alone on the prompts that run answered. Nothing here chooses anything: the guard was fitted and
+and the model alone on the prompts that run answered (`--eval`, repeatable; `--skip-flags` keeps the
+flag rates already in `--out`). Nothing here chooses anything: the guard was fitted and
 its threshold set on training sets only.
 """
 
@@ -33,14 +34,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("guard")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--eval", help="a `cai eval --guard` folder to read the guarded and unguarded figures from")
+    parser.add_argument("--eval", action="append", default=[],
+                        help="a `cai eval --guard` results.json to read the guarded and unguarded figures from; "
+                        "repeatable")
+    parser.add_argument("--skip-flags", action="store_true", help="read the flag rates from --out instead")
     parser.add_argument("--out", default="docs/results/guard-default.json")
     args = parser.parse_args()
 
     guard = Guard.load(args.guard, args.model)
-    guard.check(["warm-up"])  # loads the model
-    sets = {}
-    for spec in SETS:
+    sets = json.loads(Path(args.out).read_text(encoding="utf-8"))["flag_rates"] if args.skip_flags else {}
+    if not args.skip_flags:
+        guard.check(["warm-up"])  # loads the model
+    for spec in SETS if not args.skip_flags else ():
         rows = load_prompts(spec)
         started = time.perf_counter()
         checks = guard.check([r.prompt for r in rows])
@@ -62,16 +67,20 @@ def main() -> None:
         "torch": torch.__version__, "python": platform.python_version(),
         "date": datetime.now(timezone.utc).date().isoformat(),
         "commands": ["cai guard train harmless -m default --out runs/guard",
-                     f"python benchmarks/guard_default.py {args.guard}"
-                     + (f" --eval {args.eval}" if args.eval else "")],
+                     f"python benchmarks/guard_default.py {args.guard}"],
+        "eval": [],
     }
-    if args.eval:
-        results = json.loads((Path(args.eval) / "results.json").read_text(encoding="utf-8"))
-        result["eval"] = {"command": "cai eval -m default --guard runs/guard -s harmful -s everyday --limit "
-                                     f"{results['options']['limit']}",
-                          "discrimination": results.get("discrimination"), "guard": results.get("guard_probe"),
-                          "refused": {suite: {role: entry["scores"][role]["refused"] for role in entry["scores"]}
-                                      for suite, entry in results["suites"].items()}}
+    for path in args.eval:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        options = results["options"]
+        prompts = " ".join(f"-p {suite}={spec}" for suite, spec in options["prompts"].items())
+        result["eval"].append({
+            "command": f"cai eval -m default --guard runs/guard -s harmful -s everyday {prompts} --limit "
+                       f"{options['limit'] or 0}".replace("  ", " "),
+            "discrimination": results.get("discrimination"), "guard": results.get("guard_probe"),
+            "refused": {suite: {role: entry["scores"][role]["refused"] for role in entry["scores"]}
+                        for suite, entry in results["suites"].items()},
+            "seconds": results["seconds"]})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
