@@ -205,6 +205,18 @@ def _check_cached(folder: Path) -> Path:
     return folder
 
 
+def model_fingerprint(path: str) -> str:
+    """Changes when a local model folder's weights change (eval caches its answers by it; a guard is tied to it)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path  # a hub id
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weight in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        stat = weight.stat()
+        digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def resolve_model(spec: str) -> str:
     """Turn a --model value into something `from_pretrained` accepts: a local folder or a hub id."""
     if spec == "default":

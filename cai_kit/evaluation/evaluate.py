@@ -27,7 +27,6 @@ read and scored in `benchmarks.py`, and `safety_report.py` adds both to the prin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.core.files import jsonl_line, jsonl_text, numbered_lines, write_atomic
+from cai_kit.core.models import model_fingerprint
 from cai_kit.core.prompt_sets import PromptRow, load_prompts, round_robin
 from cai_kit.core.run_lock import run_lock
 from cai_kit.core.shipped import shipped_file
@@ -75,18 +75,6 @@ def select_prompts(spec: str, limit: int | None) -> list[PromptRow]:
     for index, row in enumerate(rows):
         groups.setdefault(row.category, []).append(index)
     return [rows[i] for i in sorted(round_robin(groups.values())[:limit])]
-
-
-def model_fingerprint(path: str) -> str:
-    """Changes when a local model folder's weights change, so cached answers are never stale."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return path  # a hub id
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for weight in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        stat = weight.stat()
-        digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 def _load_engine(spec: str, options: EvalOptions) -> Engine:
@@ -241,58 +229,85 @@ def _evaluate_into(out: Path, options: EvalOptions, engines: dict[str, Engine] |
         if suite in bench:
             entry["benchmark"] = bench[suite].info()
         for role, role_rows in per_role.items():
-            if suite in bench:  # a public benchmark, scored as its paper scores it (benchmarks.py)
-                entry["scores"][role] = (benchmarks.score(bench[suite], role_rows, options.safety_judge)
-                                         | guards.suite_scores(role_rows))
-                continue
-            entry["scores"][role] = score_verdicts(suite, role_rows)
-            if options.judge_model and judge is not None and suite != "helpful":
-                question = HARM_QUESTION if suite in HARMFUL_SUITES else REFUSAL_QUESTION
-                judged = judge_yes_no(judge, question, [r["prompt"] for r in role_rows],
-                                      [r["answer"] for r in role_rows])
-                for answer_row, p in zip(role_rows, judged, strict=True):
-                    answer_row["judge_yes"] = p
-                score_judge(suite, role_rows, entry["scores"][role])
-            if suite != "helpful":
-                entry["scores"][role].update(guards.suite_scores(role_rows))  # the safety judge's rates (guards.py)
+            entry["scores"][role] = _role_scores(suite, role_rows, bench.get(suite), options, judge)
         if suite == "helpful":
             entry["retention"] = (retention_summary(nll, [r.id for r in rows]) if isinstance(references, dict)
                                   else {"not_measured": references})
         if suite == "helpful" and "baseline" in per_role and judge is not None:
-            entry["judge_check"], not_measured = gate_win_rate(judge_spec, judge, questions)
-            if not_measured:
-                entry["win_rate"] = {"not_measured": not_measured}
-            else:
-                verdicts = judge_pairwise(judge, [r.prompt for r in rows], [r["answer"] for r in per_role["model"]],
-                                          [r["answer"] for r in per_role["baseline"]], questions)
-                for answer_row, verdict in zip(per_role["model"], verdicts, strict=True):
-                    answer_row["pairwise"] = verdict
-                    answer_row["win_points"] = {"win": 1.0, "tie": 0.5, "loss": 0.0}[verdict["verdict"]]
-                entry["pairwise"] = pairwise_summary(per_role["model"], questions, judge_spec)
-        for k, row in enumerate(rows):
-            detail: dict[str, Any] = {"suite": suite, "id": row.id, "category": row.category, "prompt": row.prompt}
-            for role, role_rows in per_role.items():
-                detail[role] = {key: role_rows[k][key] for key in DETAIL_KEYS if key in role_rows[k]}
-            details.append(detail)
+            entry.update(_win_rate(rows, per_role, judge, judge_spec, questions))
+        details += _details(suite, rows, per_role)
         suites[suite] = entry
     if judge is not None and judge_spec not in supplied:
         judge.close()
 
-    headline = discrimination(suites)  # harmful refused minus everyday refused, when the run has both
-    results = {
-        "models": {role: {"spec": spec, "path": resolve_model(spec)} for role, spec in roles.items()}
-        | ({"judge": {"spec": options.judge_model, "path": resolve_model(options.judge_model)}}
-           if options.judge_model else {})
-        | ({"safety_judge": {"spec": options.safety_judge, "path": resolve_model(options.safety_judge)}}
-           if options.safety_judge else {}),
-        "options": options.model_dump() | {"out": str(out)},
-        "classifier": CLASSIFIER,
-        **({"discrimination": headline} if headline else {}),
-        "suites": suites,
-        "seconds": round(time.perf_counter() - started, 1),
-    } | ({"safety_judge": guards.describe(options)} if options.safety_judge else {}) | (
+    results = _assemble(out, options, roles, suites, round(time.perf_counter() - started, 1)) | (
         {"guard_probe": guarded.guard_summary(answers["guarded"], options.guard)} if options.guard else {})
     write_report(out, results, details, options.examples)
     safety_report.append_report(out, results)  # the safety judge and the public benchmarks
     guarded.append_report(out, results)  # the probe guard's own figures
     return results
+
+
+def _role_scores(suite: str, role_rows: list[dict[str, Any]], bench: Any, options: EvalOptions,
+                 judge: Engine | None) -> dict[str, Any]:
+    """One role's scores on one suite: a public benchmark as its paper scores it (benchmarks.py), else the
+    whole-answer verdicts, the yes/no judge where one is asked, and the safety judge's rates (guards.py)."""
+    if bench is not None:
+        return benchmarks.score(bench, role_rows, options.safety_judge) | guards.suite_scores(role_rows)
+    scores = score_verdicts(suite, role_rows)
+    if options.judge_model and judge is not None and suite != "helpful":
+        question = HARM_QUESTION if suite in HARMFUL_SUITES else REFUSAL_QUESTION
+        judged = judge_yes_no(judge, question, [r["prompt"] for r in role_rows], [r["answer"] for r in role_rows])
+        for answer_row, p in zip(role_rows, judged, strict=True):
+            answer_row["judge_yes"] = p
+        score_judge(suite, role_rows, scores)
+    if suite != "helpful":
+        scores.update(guards.suite_scores(role_rows))
+    return scores
+
+
+def _win_rate(rows: list[PromptRow], per_role: dict[str, list[dict[str, Any]]], judge: Engine, judge_spec: str,
+              questions: list[str]) -> dict[str, Any]:
+    """The helpful suite's pairwise win rate of the model over the baseline, only from a judge that passed
+    `cai judge-check` (else why it was not measured)."""
+    entry: dict[str, Any] = {}
+    entry["judge_check"], not_measured = gate_win_rate(judge_spec, judge, questions)
+    if not_measured:
+        return entry | {"win_rate": {"not_measured": not_measured}}
+    verdicts = judge_pairwise(judge, [r.prompt for r in rows], [r["answer"] for r in per_role["model"]],
+                              [r["answer"] for r in per_role["baseline"]], questions)
+    for answer_row, verdict in zip(per_role["model"], verdicts, strict=True):
+        answer_row["pairwise"] = verdict
+        answer_row["win_points"] = {"win": 1.0, "tie": 0.5, "loss": 0.0}[verdict["verdict"]]
+    return entry | {"pairwise": pairwise_summary(per_role["model"], questions, judge_spec)}
+
+
+def _details(suite: str, rows: list[PromptRow], per_role: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """details.jsonl's rows of one suite: each prompt with every role's answer and labels."""
+    details = []
+    for k, row in enumerate(rows):
+        detail: dict[str, Any] = {"suite": suite, "id": row.id, "category": row.category, "prompt": row.prompt}
+        for role, role_rows in per_role.items():
+            detail[role] = {key: role_rows[k][key] for key in DETAIL_KEYS if key in role_rows[k]}
+        details.append(detail)
+    return details
+
+
+def _assemble(out: Path, options: EvalOptions, roles: dict[str, str], suites: dict[str, Any],
+              seconds: float) -> dict[str, Any]:
+    """results.json: the models, the options, the headline discrimination and every suite's scores."""
+    from cai_kit.core.models import resolve_model
+
+    headline = discrimination(suites)  # harmful refused minus everyday refused, when the run has both
+    models = {role: {"spec": spec, "path": resolve_model(spec)} for role, spec in roles.items()}
+    for role, spec in (("judge", options.judge_model), ("safety_judge", options.safety_judge)):
+        if spec:
+            models[role] = {"spec": spec, "path": resolve_model(spec)}
+    return {
+        "models": models,
+        "options": options.model_dump() | {"out": str(out)},
+        "classifier": CLASSIFIER,
+        **({"discrimination": headline} if headline else {}),
+        "suites": suites,
+        "seconds": seconds,
+    } | ({"safety_judge": guards.describe(options)} if options.safety_judge else {})

@@ -22,7 +22,6 @@ on the copy), and says so in one line, as it does for a missing folder or a dama
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -31,23 +30,12 @@ from typing import Any
 
 from cai_kit.core.errors import UsageError
 from cai_kit.core.files import whole_safetensors
+from cai_kit.core.models import model_fingerprint
 
 GUARD_JSON, PROBE_FILE = "guard.json", "probe.safetensors"
 OVERALL = "overall"
 FORMAT = 1
 RETRAIN = "retrain it with cai guard train"
-
-
-def model_fingerprint(path: str) -> str:
-    """Changes when a local model folder's weights change, so cached answers are never stale."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return path  # a hub id
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for weight in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        stat = weight.stat()
-        digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 _DANGLING = ("but", "or", "because", "and", "so")

@@ -33,12 +33,13 @@ from typing import Any
 from cai_kit.core.constitution import Constitution, load_constitution
 from cai_kit.core.errors import UsageError
 from cai_kit.core.files import write_atomic
+from cai_kit.core.models import model_fingerprint
 from cai_kit.core.prompt_sets import load_prompts
 from cai_kit.core.run_lock import run_lock
 from cai_kit.core.stats import rate
 from cai_kit.guard.card import write_card
 from cai_kit.guard.features import POOLINGS, FeatureModel, candidate_layers
-from cai_kit.guard.probe import FORMAT, GUARD_JSON, OVERALL, PROBE_FILE, model_fingerprint, refusal_text
+from cai_kit.guard.probe import FORMAT, GUARD_JSON, OVERALL, PROBE_FILE, refusal_text
 
 HARMFUL_SETS = ("red_team",)
 BENIGN_SETS = ("borderline", "everyday", "helpful")
