@@ -18,7 +18,11 @@ from cai_kit.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Words about one machine's run folders or about how the project was developed, not about the project.
-FORBIDDEN = re.compile(r"session [0-9]|sessions run|runs/e[0-9]|DESIGN\.md|FINDINGS\.md", re.IGNORECASE)
+FORBIDDEN = re.compile(
+    r"session [0-9]|sessions run|runs/e[0-9]|DESIGN\.md|FINDINGS\.md|shipped before|as first measured|as first shipped"
+    r"|read only here",
+    re.IGNORECASE,
+)
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w-]*)")
 SHELL_FENCES = {"", "bash", "sh", "shell", "console", "text"}
 INLINE_CAI = re.compile(r"`(cai [^`]+)`")
